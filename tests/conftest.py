@@ -1,0 +1,12 @@
+import os
+from pathlib import Path
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+GSM8K_DIR = Path(os.environ.get("GSM8K_DIR", REPO.parent / "shared" / "data" / "gsm8k"))
+
+@pytest.fixture(scope="session")
+def gsm8k_dir():
+    if not (GSM8K_DIR / "train.jsonl").exists():
+        pytest.fail(f"GSM8K data not found at {GSM8K_DIR} (set GSM8K_DIR)")
+    return GSM8K_DIR
