@@ -38,9 +38,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	@touch $@
 
-# The main job: the toy pipeline on the embedded default (no downloads).
+# The main job: the toy experiment on the embedded default (no downloads), executed with papermill
+# into runs/toy-experiment/ (an earlier one is moved aside, not deleted).
 run: install
-	$(VENV)/bin/halluc toy-run
+	$(VENV)/bin/halluc run nbs/experiment.ipynb --name toy-experiment -p overwrite=true
 
 export: install
 	$(VENV)/bin/nbdev-export
