@@ -57,3 +57,13 @@ def test_smoke_switch(monkeypatch):
     assert not is_smoke() and is_smoke(True)
     monkeypatch.setenv("IN_TEST", "1")
     assert is_smoke() and not is_smoke(False)
+
+@pytest.mark.parametrize("kw,msg", [(dict(overrides=5), "overrides"), (dict(overrides=[3]), "overrides"),
+                                    (dict(resume="yes"), "resume"), (dict(run_name=7), "run_name")])
+def test_wrong_parameter_types(kw, msg):
+    with pytest.raises(TypeError, match=msg):
+        train_job("sft", None, **kw)
+
+def test_overrides_accept_yaml_list_string():
+    from halluc.jobs import as_overrides
+    assert as_overrides("[a.b=1, c=2]") == ["a.b=1", "c=2"] and as_overrides("a=1") == ["a=1"] and as_overrides(None) == []
