@@ -14,12 +14,6 @@ from halluc.toy import arithmetic_records, make_model, make_tokenizer
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    "Two shared cores: one torch thread is several times faster than two fighting for them."
-    n = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -15,11 +15,6 @@ REPO = Path(__file__).resolve().parents[1]
 FAST = ["trainer.logging_steps=1", "trainer.activation_checkpointing=false", "trainer.per_device_train_batch_size=4",
         "data.toy_n_test=4", "eval.max_new_tokens=16", "eval.batch_size=4"]
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 @pytest.fixture(scope="module")
 def sft_folder(tmp_path_factory):
