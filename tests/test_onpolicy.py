@@ -261,7 +261,7 @@ def test_fuzz_samples_never_crash_and_keep_the_invariant(kind):
 def test_invariant_on_gsm8k_records_with_planted_slips(gsm8k_dir, kind):
     "GSM8K references with the first step's result changed (and, second, the prose before it reworded): every usable example backtracks to a correct solution."
     tok = make_tokenizer(kind); bt = add_backtrack_token(tok)
-    recs = [r for r in load_records(gsm8k_dir / "train.jsonl", max_records=300) if find_steps(r["solution"])]
+    recs = [r for r in load_records(gsm8k_dir / "train.jsonl", max_records=150) if find_steps(r["solution"])]
     encs = encode_records(recs, tok)
     tally = {}
     for r, enc in zip(recs, encs):
