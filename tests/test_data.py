@@ -129,3 +129,10 @@ def test_generic_qa_loader(tmp_path):
     p = write_jsonl(tmp_path / "qa.jsonl", [{"prompt": "What is 2+2?", "target": "4"}, {"prompt": "3*3?", "target": "$9.00"}])
     recs = load_records(p, question_field="prompt", answer_field="target")
     assert [r["final"] for r in recs] == ["4", "9"] and recs[0]["solution"] == ""
+
+def test_onpolicy_converter_resolves_by_name():
+    "`data.converter=onpolicy` works without importing halluc.onpolicy first (a fresh interpreter)."
+    import subprocess, sys
+    code = "from halluc.data import get_converter; f = get_converter('onpolicy'); print(f.__module__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and "halluc.onpolicy" in out.stdout, out.stderr[-500:]
