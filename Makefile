@@ -40,8 +40,10 @@ $(STAMP): pyproject.toml
 
 # The main job: the toy experiment on the embedded default (no downloads), executed with papermill
 # into runs/toy-experiment/ (an earlier one is moved aside, not deleted).
+# One torch thread unless set: the toy models are too small to gain from two, and two threads on a
+# 2-core machine slow down many times as soon as anything else runs.
 run: install
-	$(VENV)/bin/halluc run nbs/experiment.ipynb --name toy-experiment -p overwrite=true
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(VENV)/bin/halluc run nbs/experiment.ipynb --name toy-experiment -p overwrite=true
 
 export: install
 	$(VENV)/bin/nbdev-export
