@@ -81,3 +81,11 @@ def test_edge_rows():
 def test_bad_input_is_a_clear_valueerror(bad, msg):
     with pytest.raises(ValueError, match=msg.replace("[", r"\[").replace("]", r"\]")):
         bad()
+
+@given(rows)
+def test_roles_agree_with_the_rule(ids):
+    from halluc.core import backtrack_roles
+    r = backtrack_roles(ids, BT)
+    s = backtrack_stats(ids, BT)
+    assert [t for t, x in zip(ids, r) if x == "k"] == apply_backtracking(ids, BT)
+    assert (r.count("k"), r.count("d"), r.count("w"), r.count("b") + r.count("w")) == (s.n_kept, s.n_deleted, s.n_wasted, s.n_bt)
