@@ -26,7 +26,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export GSM8K_DIR ?= $(abspath $(CURDIR)/../shared/data/gsm8k)
 
-.PHONY: install run test export check-export nbdev-test pytest bench clean
+.PHONY: install run test test-fast export check-export nbdev-test pytest bench clean
 
 install: $(STAMP)
 
@@ -63,6 +63,10 @@ pytest: install
 	$(PY) -m pytest tests
 
 test: check-export nbdev-test pytest
+
+# the edit loop: the tests that neither train nor spawn processes
+test-fast: install
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest tests -m "not slow"
 
 bench: install
 	$(PY) bench/bench_core.py

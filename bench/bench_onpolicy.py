@@ -13,7 +13,8 @@ import argparse, time
 from pathlib import Path
 import datasets, torch   # imported before timing anything
 from halluc.data import load_records
-from halluc.onpolicy import sample_solutions, build_onpolicy_dataset
+from halluc.generate import sample_solutions
+from halluc.onpolicy import build_onpolicy_dataset
 
 def load(model_dir):
     if model_dir and Path(model_dir, "halluc.json").exists():

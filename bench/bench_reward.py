@@ -7,12 +7,18 @@ TRL's GRPOTrainer does: the four functions one after another on each generation 
 a cold cache. One CPU thread. Printed side by side with a naive reference (per row `apply_backtracking` +
 `tokenizer.decode`, no sharing between the four functions) measured in the same run.
 
-    .venv/bin/python bench/bench_reward.py [--n 4096] [--len 256] [--batch 256]
+    .venv/bin/python bench/bench_reward.py [--n 4096] [--len 256] [--batch 256] [--tricks]
+
+`--tricks` also scores everything with each of halluc.reward's speed tricks turned off, one at a time, and prints
+what each buys (the numbers quoted in nbs/10_reward.ipynb).
 """
-import argparse, random, time
+import argparse, contextlib, random, time
+from unittest import mock
 import torch
-from halluc.core import apply_backtracking, backtrack_stats
-from halluc.reward import make_reward_funcs, clear_caches, _text_scores, prompt_numbers, normalize_number, REWARD_NAMES
+import halluc.reward as R
+from halluc.core import apply_backtracking, backtrack_edits, backtrack_stats
+from halluc.reward import make_reward_funcs, text_scores, byte_table, REWARD_NAMES
+from halluc.grading import clear_caches, prompt_numbers, normalize_number
 from halluc.toy import make_tokenizer, arithmetic_records
 
 def bt_id_of(tok):
@@ -68,14 +74,41 @@ def run_naive(tok, bt, prompts, ids, finals):
         for p, r, f in zip(prompts, ids, finals):
             text = tok.decode(apply_backtracking(r, bt), skip_special_tokens=True)
             backtrack_stats(r, bt)
-            _text_scores(text, prompt_numbers(p), normalize_number(f), False)
+            text_scores(text, prompt_numbers(p), normalize_number(f), False)
     return time.perf_counter() - t
+
+def _plain_prompt_numbers(init):
+    def __init__(self, *a, **kw): init(self, *a, **kw); self.prompt_nums = prompt_numbers
+    return __init__
+
+TRICKS = {  # name -> a context manager that turns the trick off
+    "byte-table decoding (make_decoder)": lambda: mock.patch.object(R, "byte_table", lambda tok: None),
+    "tail-only replay (edits_of)": lambda: mock.patch.object(R, "edits_of", lambda ids, bt: backtrack_edits(ids, bt) if bt in ids else []),
+    "last-batch memo (_LastBatch)": lambda: mock.patch.object(R._LastBatch, "get", lambda self, *a: None),
+    "completion cache (Scorer.cache)": lambda: mock.patch.object(R.Scorer, "__init__", _cache_off(R.Scorer.__init__)),
+    "prompt-number memo (Scorer.prompt_nums)": lambda: mock.patch.object(R.Scorer, "__init__", _plain_prompt_numbers(R.Scorer.__init__)),
+}
+
+def _cache_off(init):
+    def __init__(self, *a, **kw): init(self, *a, **kw); self.cache_size = 0
+    return __init__
+
+def measure_tricks(tok, bt, prompts, ids, finals, batch, repeat):
+    "CPU seconds with everything on, then with each trick off (best of `repeat`, interleaved against machine load)."
+    cpu = {name: [] for name in [None, *TRICKS]}
+    for _ in range(repeat):
+        for name in cpu:
+            with (TRICKS[name]() if name else contextlib.nullcontext()):
+                cpu[name].append(run_fast(tok, bt, prompts, ids, finals, batch)[1])
+    base = min(cpu.pop(None))
+    for name, ts in cpu.items():
+        print(f"  without {name:42s} CPU {min(ts):.3f} s -> {len(ids) / min(ts):,.0f}/s: the trick buys {min(ts) / base:.2f}x")
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=4096); ap.add_argument("--len", type=int, default=256)
     ap.add_argument("--batch", type=int, default=256); ap.add_argument("--naive-n", type=int, default=512)
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=3); ap.add_argument("--tricks", action="store_true")
     a = ap.parse_args()
     torch.set_num_threads(1)
     tok = make_tokenizer("llama"); bt = bt_id_of(tok)
@@ -91,13 +124,16 @@ def main():
     dt_naive = min(naive)
     mean = {name: sum(v) / len(v) for name, v in out.items()}
     print(f"{a.n} completions x {a.len} tokens ({n_bt} with BTs), batches of {a.batch}, 1 thread, fast decoding: "
-          f"{funcs[0].scorer.decode.table is not None}")
+          f"{byte_table(tok) is not None}")
     print("mean rewards: " + ", ".join(f"{k}={v:.3f}" for k, v in mean.items()))
     print(f"halluc.reward, all four functions: {dt:.3f} s  ->  {a.n / dt:,.0f} completions/s  (target >= 5,000/s; "
           f"CPU time {cpu:.3f} s -> {a.n / cpu:,.0f}/s; best of {a.repeat} cold runs)")
     print(f"naive reference (measured on {k}):  {dt_naive:.3f} s  ->  {a.n / dt_naive:,.0f} completions/s")
     print(f"speed-up: {dt_naive / dt:.1f}x")
+    sc = funcs[0].scorer
+    print(f"completions scored {sc.n_scored:,}, served by the caches {sc.n_cache_hits:,} (of {4 * a.n:,} rows in all calls)")
     assert all(f.stats["errors"] == 0 and f.stats["invalid"] == 0 for f in funcs), [f.stats for f in funcs]
+    if a.tricks: measure_tricks(tok, bt, prompts, ids, finals, a.batch, a.repeat)
 
 if __name__ == "__main__":
     main()

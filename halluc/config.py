@@ -6,11 +6,12 @@ Docs: https://halluc.github.io/halluc/config.html.md"""
 
 # %% ../nbs/02_config.ipynb #1bae10bd
 from __future__ import annotations
-import collections.abc, dataclasses, difflib, enum, importlib, math, os, re, tempfile, types, typing, warnings
+import collections.abc, dataclasses, difflib, enum, importlib, math, os, re, types, typing, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 import yaml
+from .io import write_text_atomic
 
 # %% auto #0
 __all__ = ['EXECUTORS', 'DTYPES', 'BT_INITS', 'TOY_MODELS', 'CONVERTERS', 'CONVERTER_PARAMS', 'REWARD_COMPONENTS', 'SCHEDULES',
@@ -30,6 +31,7 @@ class Problem(NamedTuple):
         s = f"{self.source}: {self.key}: {self.what}" if self.key else f"{self.source}: {self.what}"
         return s + (f"; did you mean {self.suggestion!r}?" if self.suggestion else "")
 
+# %% ../nbs/02_config.ipynb #1bd83c33
 class ConfigError(ValueError):
     "A bad config. The message names the source, the dotted key, what is wrong and the closest valid key."
     def __init__(self, message: str, problems: list[Problem] | None = None):
@@ -44,6 +46,7 @@ class ConfigError(ValueError):
         if len(problems) == 1: return cls(str(problems[0]), problems)
         return cls(f"{len(problems)} problems in the config:\n" + "\n".join(f"  - {p}" for p in problems), problems)
 
+# %% ../nbs/02_config.ipynb #da7ff0c0
 def _closest(word, candidates, cutoff: float = 0.6) -> str | None:
     "The candidate closest to `word` (difflib), or None."
     if not isinstance(word, str): word = str(word)
@@ -54,6 +57,117 @@ def _closest(word, candidates, cutoff: float = 0.6) -> str | None:
         m = low[:1]
     return m[0] if m else None
 
+# %% ../nbs/02_config.ipynb #639cf2a9
+class _Ctx:
+    def __init__(self, source: str, sources: dict[str, str] | None = None):
+        self.source, self.sources, self.problems = source, dict(sources or {}), []
+
+    def src(self, key: str) -> str:
+        parts = re.split(r"\.", re.sub(r"\[\d+\]$", "", key))
+        for i in range(len(parts), 0, -1):
+            if (k := ".".join(parts[:i])) in self.sources: return self.sources[k]
+        return self.source
+
+    def add(self, key: str, what: str, suggestion: str | None = None):
+        self.problems.append(Problem(self.src(key), key, what, suggestion))
+
+    def raise_if_any(self):
+        if self.problems: raise ConfigError.of(self.problems)
+
+# %% ../nbs/02_config.ipynb #f1dd2363
+_NoneType = type(None)
+
+def _is_union(tp) -> bool: return typing.get_origin(tp) in (typing.Union, types.UnionType)
+
+def _type_ok(v, tp) -> bool:
+    "Does value `v` fit annotation `tp`? (bool is not int; int is float; unknown annotations pass.)"
+    if tp is Any or tp is object: return True
+    if tp is None or tp is _NoneType: return v is None
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if _is_union(tp): return any(_type_ok(v, a) for a in args)
+    if origin is typing.Literal: return any(v == a and type(v) is type(a) for a in args)
+    if origin in (list, tuple, set, frozenset, collections.abc.Sequence):
+        if not isinstance(v, list): return False
+        if origin is tuple and args and args[-1] is not Ellipsis: return len(v) == len(args) and all(_type_ok(x, a) for x, a in zip(v, args))
+        return not args or all(_type_ok(x, args[0]) for x in v)
+    if origin in (dict, collections.abc.Mapping):
+        if not isinstance(v, dict): return False
+        return not args or all(_type_ok(k, args[0]) and _type_ok(x, args[1]) for k, x in v.items())
+    if origin is not None: return isinstance(v, origin) if isinstance(origin, type) else True
+    if tp is bool: return type(v) is bool
+    if tp is int: return isinstance(v, int) and not isinstance(v, bool)
+    if tp is float: return isinstance(v, (int, float)) and not isinstance(v, bool)
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return isinstance(v, tp) or (isinstance(v, (str, int)) and not isinstance(v, bool) and v in {m.value for m in tp})
+    if isinstance(tp, type): return isinstance(v, tp)
+    return True
+
+# %% ../nbs/02_config.ipynb #00bb3c35
+def _type_str(tp) -> str:
+    "A short human name for an annotation: 'int or None', 'list of str'."
+    if tp is Any: return "anything"
+    if tp is None or tp is _NoneType: return "None"
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if _is_union(tp):
+        names = [_type_str(a) for a in args if a is not _NoneType] + (["None"] if _NoneType in args else [])
+        return " or ".join(dict.fromkeys(names))
+    if origin is typing.Literal: return " or ".join(repr(a) for a in args)
+    if origin in (list, tuple, set, frozenset, collections.abc.Sequence): return f"list of {_type_str(args[0])}" if args else "list"
+    if origin in (dict, collections.abc.Mapping): return f"mapping of {_type_str(args[0])} to {_type_str(args[1])}" if args else "mapping"
+    if isinstance(tp, type) and issubclass(tp, enum.Enum): return f"one of {[m.value for m in tp]}"
+    return getattr(tp, "__name__", str(tp))
+
+# %% ../nbs/02_config.ipynb #f646c56e
+def _desc(v) -> str:
+    r = repr(v)
+    return f"{type(v).__name__} {r if len(r) <= 60 else r[:57] + '...'}"
+
+def _type_msg(v, tp) -> str:
+    msg = f"expected {_type_str(tp)}, got {_desc(v)}"
+    if isinstance(v, bool) and _type_ok(1, tp): msg += " (a boolean is not a number)"
+    elif isinstance(v, str) and (_type_ok(1, tp) or _type_ok(1.0, tp)) and re.fullmatch(r"\s*[-+]?[\d_.]+([eE][-+]?\d+)?\s*", v):
+        msg += " (a quoted number is a string; write it without quotes)"
+    elif v is None: msg += " (null is not allowed here)"
+    return msg
+
+# %% ../nbs/02_config.ipynb #45c91d30
+_MAX_DEPTH, _MAX_VALUES = 64, 100_000
+
+def _copy(d, depth: int = 0):
+    "A deep copy of plain data (dicts and lists)."
+    if depth > _MAX_DEPTH: raise ConfigError(f"<config>: data nested more than {_MAX_DEPTH} levels deep (a recursive YAML alias?)")
+    if isinstance(d, dict): return {k: _copy(v, depth + 1) for k, v in d.items()}
+    if isinstance(d, list): return [_copy(v, depth + 1) for v in d]
+    return d
+
+def _too_big(v) -> bool:
+    "More than _MAX_VALUES values or deeper than _MAX_DEPTH (YAML aliases can make a small file huge or recursive)."
+    stack, n = [(v, 0)], 0
+    while stack:
+        x, depth = stack.pop(); n += 1
+        if n > _MAX_VALUES or depth > _MAX_DEPTH: return True
+        if isinstance(x, dict): stack.extend((y, depth + 1) for kv in x.items() for y in kv)
+        elif isinstance(x, list): stack.extend((y, depth + 1) for y in x)
+    return False
+
+# %% ../nbs/02_config.ipynb #c0ee307b
+def _plain_problem(v, depth: int = 0) -> str | None:
+    "Why `v` is not plain YAML data that round-trips (None if it is)."
+    if depth > _MAX_DEPTH: return f"is nested more than {_MAX_DEPTH} levels deep"
+    if v is None or isinstance(v, (bool, int)): return None
+    if isinstance(v, float): return "is NaN" if math.isnan(v) else None
+    if isinstance(v, str):
+        try: v.encode("utf-8")
+        except UnicodeEncodeError: return "is not valid UTF-8 text"
+        return None
+    if isinstance(v, list): return next((p for x in v if (p := _plain_problem(x, depth + 1))), None)
+    if isinstance(v, dict):
+        for k, x in v.items():
+            if not isinstance(k, (str, int)) or isinstance(k, bool): return f"has a key {k!r} that is not a string"
+            if (p := _plain_problem(k, depth + 1) or _plain_problem(x, depth + 1)): return p
+        return None
+    return f"holds a {type(v).__name__}, which is not plain YAML data (use a list, mapping, string, number, bool or null)"
+
 # %% ../nbs/02_config.ipynb #cb9aae9f
 def _f(default=dataclasses.MISSING, *, factory=None, choices=None, gt=None, ge=None, lt=None, le=None,
        nonempty: bool = False, check=None, doc: str = ""):
@@ -62,6 +176,7 @@ def _f(default=dataclasses.MISSING, *, factory=None, choices=None, gt=None, ge=N
     if factory is not None: return field(default_factory=factory, metadata=md)
     return field(default=default, metadata=md)
 
+# %% ../nbs/02_config.ipynb #2b85dcbe
 EXECUTORS = ("sft", "dpo", "grpo")
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 BT_INITS = ("mean", "semantic", "description", "combined", "random")
@@ -74,6 +189,7 @@ REWARD_COMPONENTS = ("outcome", "format", "process", "efficiency")
 SCHEDULES = ("linear", "cosine", "step", "constant")
 TOY_DIFFICULTIES = (1, 2, 3, 4, 5, 6)  # the keys of halluc.toy.DIFFICULTIES (not imported: it pulls in torch)
 
+# %% ../nbs/02_config.ipynb #c399f771
 def parse_toy_name(name: str) -> tuple[str, str] | None:
     "`'toy:llama-tiny'` -> `('llama', 'tiny')`; None for a Hub id or a local path."
     if not isinstance(name, str) or not name.startswith("toy:"): return None
@@ -88,6 +204,7 @@ def _check_model_name(v, key, ctx):
         ctx.add(key, f"{v!r} is not a toy model (valid: {', '.join(TOY_MODELS)})", _closest(v, TOY_MODELS, 0.5))
     return v
 
+# %% ../nbs/02_config.ipynb #9087134d
 def _check_weights(v, key, ctx):
     "A reward weights mapping: known component names, finite weights >= 0, not all zero; missing ones weigh 0."
     if not isinstance(v, dict):
@@ -106,6 +223,7 @@ def _check_weights(v, key, ctx):
     if sum(out.values()) <= 0: ctx.add(key, "all weights are 0; at least one component must weigh > 0")
     return out
 
+# %% ../nbs/02_config.ipynb #435beeab
 def _check_converter_params(v, key, ctx):
     out = {}
     for name, x in v.items():
@@ -119,9 +237,17 @@ def _check_converter_params(v, key, ctx):
         out[name] = tp(x)
     return out
 
+# %% ../nbs/02_config.ipynb #72825d12
 def _check_targets(v, key, ctx):
     if isinstance(v, list) and not v: ctx.add(key, "an empty list trains nothing; use 'all-linear' or name modules")
     if isinstance(v, list) and any(isinstance(t, str) and not t.strip() for t in v): ctx.add(key, "module names must not be empty")
+    return v
+
+def _check_temperatures(v, key, ctx):
+    if isinstance(v, list):
+        if not v: ctx.add(key, "at least one sampling temperature is needed (0 = greedy)")
+        for i, t in enumerate(v):
+            if isinstance(t, (int, float)) and not isinstance(t, bool) and not (0 <= t < 100): ctx.add(f"{key}[{i}]", f"a temperature must be in [0, 100), got {t!r}")
     return v
 
 def _check_run_name(v, key, ctx):
@@ -147,6 +273,7 @@ class ModelConfig:
     attn_implementation: str | None = _f(None, nonempty=True)
     seed: int = _f(0, ge=0)
 
+# %% ../nbs/02_config.ipynb #efcc9d8e
 @dataclass
 class BacktrackConfig:
     "The BT token: whether to add it and how to initialise its embedding rows."
@@ -154,6 +281,7 @@ class BacktrackConfig:
     init: str = _f("semantic", choices=BT_INITS)
     noise_std: float | None = _f(None, ge=0, doc="None: 1/sqrt(hidden size)")
 
+# %% ../nbs/02_config.ipynb #ab44f217
 @dataclass
 class LoraSection:
     "LoRA adapters (named so as not to clash with `peft.LoraConfig`); `enabled=False` is full fine-tuning."
@@ -164,6 +292,7 @@ class LoraSection:
     target_modules: str | list[str] = _f("all-linear", nonempty=True, check=_check_targets)
     train_bt_rows: bool = True
 
+# %% ../nbs/02_config.ipynb #73507344
 @dataclass
 class DataConfig:
     "Where records come from (`toy`, a Hub dataset such as `openai/gsm8k`, or a local .jsonl) and how they are converted."
@@ -180,6 +309,9 @@ class DataConfig:
     converter: str = _f("clean", choices=CONVERTERS)
     converter_params: dict[str, Any] = _f(factory=dict, check=_check_converter_params)
     mask_errors: bool = True
+    dpo_precision_share: float = _f(0.0, ge=0, le=1, doc="DPO: share of precision pairs (a correct number deleted and retyped is rejected)")
+    onpolicy_temperatures: list[float] = _f(factory=lambda: [0.0, 1.0], check=_check_temperatures,
+                                            doc="on-policy SFT: sample at each (0: one greedy sample), the temperatures you evaluate at")
     max_length: int = _f(512, gt=0)
     on_bad_record: str = _f("error", choices=("error", "skip"))
     seed: int = _f(0, ge=0)
@@ -193,6 +325,7 @@ class DataConfig:
         if (self.eval_source or self.source) == self.source and self.eval_split == self.split:
             ctx.add(f"{prefix}.eval_split", f"evaluating on the training split {self.split!r} of {self.source!r} leaks; use the test split")
 
+# %% ../nbs/02_config.ipynb #1dbc2d44
 @dataclass
 class RewardConfig:
     "GRPO reward: component weights moving from `weights_start` to `weights_end` over training, and the efficiency terms."
@@ -207,6 +340,7 @@ class RewardConfig:
     recovery_bonus: float = _f(0.2, ge=0)
     strict_format: bool = False
 
+# %% ../nbs/02_config.ipynb #30e4eeee
 @dataclass
 class EvalConfig:
     "lm-eval tasks and generation settings."
@@ -217,6 +351,7 @@ class EvalConfig:
     device: str | None = _f(None, nonempty=True)
     num_fewshot: int | None = _f(None, ge=0)
 
+# %% ../nbs/02_config.ipynb #22f9e653
 @dataclass
 class RunConfig:
     "The run folder `<root>/<name>/`; an existing one is refused unless `resume` or `overwrite`."
@@ -250,88 +385,6 @@ class Config:
 SECTIONS = typing.get_type_hints(Config)
 "Top-level key -> its type (a section dataclass, or `str` / `dict` for `executor` / `trainer`)."
 
-# %% ../nbs/02_config.ipynb #f1dd2363
-_NoneType = type(None)
-
-def _is_union(tp) -> bool: return typing.get_origin(tp) in (typing.Union, types.UnionType)
-
-def _type_ok(v, tp) -> bool:
-    "Does value `v` fit annotation `tp`? (bool is not int; int is float; unknown annotations pass.)"
-    if tp is Any or tp is object: return True
-    if tp is None or tp is _NoneType: return v is None
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if _is_union(tp): return any(_type_ok(v, a) for a in args)
-    if origin is typing.Literal: return any(v == a and type(v) is type(a) for a in args)
-    if origin in (list, tuple, set, frozenset, collections.abc.Sequence):
-        if not isinstance(v, list): return False
-        if origin is tuple and args and args[-1] is not Ellipsis: return len(v) == len(args) and all(_type_ok(x, a) for x, a in zip(v, args))
-        return not args or all(_type_ok(x, args[0]) for x in v)
-    if origin in (dict, collections.abc.Mapping):
-        if not isinstance(v, dict): return False
-        return not args or all(_type_ok(k, args[0]) and _type_ok(x, args[1]) for k, x in v.items())
-    if origin is not None: return isinstance(v, origin) if isinstance(origin, type) else True
-    if tp is bool: return type(v) is bool
-    if tp is int: return isinstance(v, int) and not isinstance(v, bool)
-    if tp is float: return isinstance(v, (int, float)) and not isinstance(v, bool)
-    if isinstance(tp, type) and issubclass(tp, enum.Enum):
-        return isinstance(v, tp) or (isinstance(v, (str, int)) and not isinstance(v, bool) and v in {m.value for m in tp})
-    if isinstance(tp, type): return isinstance(v, tp)
-    return True
-
-def _type_str(tp) -> str:
-    "A short human name for an annotation: 'int or None', 'list of str'."
-    if tp is Any: return "anything"
-    if tp is None or tp is _NoneType: return "None"
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if _is_union(tp):
-        names = [_type_str(a) for a in args if a is not _NoneType] + (["None"] if _NoneType in args else [])
-        return " or ".join(dict.fromkeys(names))
-    if origin is typing.Literal: return " or ".join(repr(a) for a in args)
-    if origin in (list, tuple, set, frozenset, collections.abc.Sequence): return f"list of {_type_str(args[0])}" if args else "list"
-    if origin in (dict, collections.abc.Mapping): return f"mapping of {_type_str(args[0])} to {_type_str(args[1])}" if args else "mapping"
-    if isinstance(tp, type) and issubclass(tp, enum.Enum): return f"one of {[m.value for m in tp]}"
-    return getattr(tp, "__name__", str(tp))
-
-def _desc(v) -> str:
-    r = repr(v)
-    return f"{type(v).__name__} {r if len(r) <= 60 else r[:57] + '...'}"
-
-_MAX_DEPTH, _MAX_VALUES = 64, 100_000
-
-def _copy(d, depth: int = 0):
-    "A deep copy of plain data (dicts and lists)."
-    if depth > _MAX_DEPTH: raise ConfigError(f"<config>: data nested more than {_MAX_DEPTH} levels deep (a recursive YAML alias?)")
-    if isinstance(d, dict): return {k: _copy(v, depth + 1) for k, v in d.items()}
-    if isinstance(d, list): return [_copy(v, depth + 1) for v in d]
-    return d
-
-def _too_big(v) -> bool:
-    "More than _MAX_VALUES values or deeper than _MAX_DEPTH (YAML aliases can make a small file huge or recursive)."
-    stack, n = [(v, 0)], 0
-    while stack:
-        x, depth = stack.pop(); n += 1
-        if n > _MAX_VALUES or depth > _MAX_DEPTH: return True
-        if isinstance(x, dict): stack.extend((y, depth + 1) for kv in x.items() for y in kv)
-        elif isinstance(x, list): stack.extend((y, depth + 1) for y in x)
-    return False
-
-def _plain_problem(v, depth: int = 0) -> str | None:
-    "Why `v` is not plain YAML data that round-trips (None if it is)."
-    if depth > _MAX_DEPTH: return f"is nested more than {_MAX_DEPTH} levels deep"
-    if v is None or isinstance(v, (bool, int)): return None
-    if isinstance(v, float): return "is NaN" if math.isnan(v) else None
-    if isinstance(v, str):
-        try: v.encode("utf-8")
-        except UnicodeEncodeError: return "is not valid UTF-8 text"
-        return None
-    if isinstance(v, list): return next((p for x in v if (p := _plain_problem(x, depth + 1))), None)
-    if isinstance(v, dict):
-        for k, x in v.items():
-            if not isinstance(k, (str, int)) or isinstance(k, bool): return f"has a key {k!r} that is not a string"
-            if (p := _plain_problem(k, depth + 1) or _plain_problem(x, depth + 1)): return p
-        return None
-    return f"holds a {type(v).__name__}, which is not plain YAML data (use a list, mapping, string, number, bool or null)"
-
 # %% ../nbs/02_config.ipynb #9b23eb33
 _TRL_CLASSES = {"sft": "SFTConfig", "dpo": "DPOConfig", "grpo": "GRPOConfig"}
 _RENAMED = {"warmup_ratio": "warmup_steps", "evaluation_strategy": "eval_strategy", "max_seq_length": "max_length",
@@ -346,6 +399,7 @@ def trl_config_class(executor: str):
     if executor not in _TRL_CLASSES: raise ConfigError(f"executor: {executor!r} is not one of {EXECUTORS}")
     return getattr(importlib.import_module("trl"), _TRL_CLASSES[executor])
 
+# %% ../nbs/02_config.ipynb #c4593265
 def trainer_fields(executor: str) -> dict[str, Any]:
     "The init fields of TRL's config class for `executor`: name -> annotation."
     if executor not in _TRAINER_FIELDS:
@@ -355,6 +409,7 @@ def trainer_fields(executor: str) -> dict[str, Any]:
         _TRAINER_FIELDS[executor] = {f.name: hints.get(f.name, f.type) for f in dataclasses.fields(cls) if f.init}
     return _TRAINER_FIELDS[executor]
 
+# %% ../nbs/02_config.ipynb #251fa0cc
 def _enum_in(tp):
     "The Enum class of an `Enum | str` annotation (whose string values TRL checks strictly), else None."
     if not _is_union(tp): return None
@@ -362,6 +417,7 @@ def _enum_in(tp):
     enums = [a for a in args if isinstance(a, type) and issubclass(a, enum.Enum)]
     return enums[0] if len(enums) == 1 and args == {enums[0], str} else None
 
+# %% ../nbs/02_config.ipynb #dca20185
 def _check_trainer(d, executor: str, key: str, ctx) -> dict:
     if d is None: return {}
     if not isinstance(d, dict):
@@ -384,32 +440,8 @@ def _check_trainer(d, executor: str, key: str, ctx) -> dict:
             if v not in valid: ctx.add(kk, f"{v!r} is not a valid {E.__name__} (valid: {', '.join(map(str, valid))})", _closest(v, valid, 0.5))
     return d
 
-# %% ../nbs/02_config.ipynb #639cf2a9
-class _Ctx:
-    def __init__(self, source: str, sources: dict[str, str] | None = None):
-        self.source, self.sources, self.problems = source, dict(sources or {}), []
-
-    def src(self, key: str) -> str:
-        parts = re.split(r"\.", re.sub(r"\[\d+\]$", "", key))
-        for i in range(len(parts), 0, -1):
-            if (k := ".".join(parts[:i])) in self.sources: return self.sources[k]
-        return self.source
-
-    def add(self, key: str, what: str, suggestion: str | None = None):
-        self.problems.append(Problem(self.src(key), key, what, suggestion))
-
-    def raise_if_any(self):
-        if self.problems: raise ConfigError.of(self.problems)
-
+# %% ../nbs/02_config.ipynb #7bfabd92
 _BAD = object()
-
-def _type_msg(v, tp) -> str:
-    msg = f"expected {_type_str(tp)}, got {_desc(v)}"
-    if isinstance(v, bool) and _type_ok(1, tp): msg += " (a boolean is not a number)"
-    elif isinstance(v, str) and (_type_ok(1, tp) or _type_ok(1.0, tp)) and re.fullmatch(r"\s*[-+]?[\d_.]+([eE][-+]?\d+)?\s*", v):
-        msg += " (a quoted number is a string; write it without quotes)"
-    elif v is None: msg += " (null is not allowed here)"
-    return msg
 
 def _check_field(v, f, tp, key, ctx):
     "Validate one value against its field; returns the value to store or _BAD."
@@ -434,6 +466,7 @@ def _check_field(v, f, tp, key, ctx):
     if md.get("check") is not None: v = md["check"](v, key, ctx)
     return _BAD if len(ctx.problems) > n0 else v
 
+# %% ../nbs/02_config.ipynb #ed2dd243
 _HINTS: dict[type, dict] = {}
 def _hints(cls) -> dict:
     if cls not in _HINTS: _HINTS[cls] = typing.get_type_hints(cls)
@@ -447,15 +480,9 @@ def _all_keys() -> dict[str, str]:
             for f in dataclasses.fields(cls): out.setdefault(f.name, f"{sec}.{f.name}")
     return out
 
-def _build_dc(cls, d, prefix: str, ctx: _Ctx, executor: str | None = None):
-    "Build dataclass `cls` from mapping `d`, recording problems in `ctx`; None when anything is wrong."
-    if d is None: d = {}
-    if not isinstance(d, dict):
-        ctx.add(prefix, f"expected a mapping of {cls.__name__} keys ({', '.join(f.name for f in dataclasses.fields(cls))}), got {_desc(d)}")
-        return None
-    hints = _hints(cls)
-    fields_ = {f.name: f for f in dataclasses.fields(cls)}
-    n0, kw = len(ctx.problems), {}
+# %% ../nbs/02_config.ipynb #a20e9454
+def _unknown_keys(d: dict, fields_: dict, prefix: str, ctx: _Ctx, executor: str | None):
+    "Record a problem in `ctx` for each key of `d` that is not in `fields_`, suggesting the closest field or the key's real place."
     for k in d:
         if isinstance(k, str) and k in fields_: continue
         key = f"{prefix}.{k}" if prefix else str(k)
@@ -470,6 +497,18 @@ def _build_dc(cls, d, prefix: str, ctx: _Ctx, executor: str | None = None):
             if here is not None and here != key: sugg = here
         valid = f" (valid: {', '.join(fields_)})" if len(fields_) <= 20 else ""
         ctx.add(key, f"unknown key{' in ' + prefix if prefix else ''}{valid}", sugg)
+
+# %% ../nbs/02_config.ipynb #41ebb619
+def _build_dc(cls, d, prefix: str, ctx: _Ctx, executor: str | None = None):
+    "Build dataclass `cls` from mapping `d`, recording problems in `ctx`; None when anything is wrong."
+    if d is None: d = {}
+    if not isinstance(d, dict):
+        ctx.add(prefix, f"expected a mapping of {cls.__name__} keys ({', '.join(f.name for f in dataclasses.fields(cls))}), got {_desc(d)}")
+        return None
+    hints = _hints(cls)
+    fields_ = {f.name: f for f in dataclasses.fields(cls)}
+    n0, kw = len(ctx.problems), {}
+    _unknown_keys(d, fields_, prefix, ctx, executor)
     for name, f in fields_.items():
         if name not in d: continue
         key, v, tp = (f"{prefix}.{name}" if prefix else name), d[name], hints[name]
@@ -503,10 +542,12 @@ def _build(d, source: str, sources: dict[str, str] | None = None) -> Config:
     object.__setattr__(cfg, "_sources", (source, dict(sources or {})))
     return cfg
 
+# %% ../nbs/02_config.ipynb #2783a9c9
 def config_from_dict(d: dict, source: str = "<dict>") -> Config:
     "Validate mapping `d` into a `Config`; missing keys take their defaults. Raises `ConfigError`."
     return _build(d, source)
 
+# %% ../nbs/02_config.ipynb #41e21ba3
 def config_to_dict(cfg: Config) -> dict:
     "A `Config` as plain nested dicts (the shape of the YAML file)."
     if not isinstance(cfg, Config): raise TypeError(f"expected a Config, got {type(cfg).__name__}")
@@ -537,6 +578,7 @@ class _Dumper(yaml.SafeDumper):
 for _cls in (_Loader, _Dumper):
     _cls.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_RE, list("-+0123456789."))
 
+# %% ../nbs/02_config.ipynb #526a2fc0
 def _mark(e) -> str:
     m = getattr(e, "problem_mark", None)
     return f" (line {m.line + 1}, column {m.column + 1})" if m is not None else ""
@@ -559,6 +601,7 @@ def yaml_load(text: str, source: str = "<string>"):
         raise ConfigError(f"{source}: more than {_MAX_VALUES} values or {_MAX_DEPTH} levels once YAML aliases are expanded")
     return data
 
+# %% ../nbs/02_config.ipynb #c1045fc8
 def yaml_dump(data) -> str:
     "Dump plain data as block YAML that `yaml_load` reads back equal."
     # allow_unicode=False: non-ASCII is written as escapes, because PyYAML writes some characters raw that it
@@ -573,6 +616,7 @@ def _default_at(parts: list[str]):
         node = node[p]
     return node if isinstance(node, dict) else {}
 
+# %% ../nbs/02_config.ipynb #6b9669ed
 def apply_overrides(cfg_dict: dict | None, overrides, _sources: dict[str, str] | None = None) -> dict:
     "A copy of `cfg_dict` with each `'dotted.key=value'` in `overrides` applied in order (values parsed as YAML)."
     if cfg_dict is None: cfg_dict = {}
@@ -618,34 +662,21 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
     if overrides: d = apply_overrides(d, overrides, _sources=sources)
     return _build(d, source, sources)
 
+# %% ../nbs/02_config.ipynb #62cb413c
 def save_config(cfg: Config, path: str | os.PathLike) -> Path:
     "Validate `cfg` and write it as YAML to `path`, atomically. Returns the path."
     if not isinstance(cfg, Config): raise TypeError(f"expected a Config, got {type(cfg).__name__}")
     d = config_to_dict(cfg)
     _build(d, "<Config being saved>")  # refuse to write a config that would not load back
     text = "# halluc config (load with halluc.config.load_config)\n" + yaml_dump(d)
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text); f.flush(); os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        if os.path.exists(tmp): os.unlink(tmp)
-        raise
-    try:  # make the rename itself durable (best effort: not every platform can open a folder)
-        dfd = os.open(p.parent, os.O_RDONLY)
-        try: os.fsync(dfd)
-        finally: os.close(dfd)
-    except OSError: pass
-    return p
+    return write_text_atomic(path, text)
 
 # %% ../nbs/02_config.ipynb #19c53332
 def _guess_key(msg: str, keys) -> str | None:
     hits = [k for k in sorted(keys, key=len, reverse=True) if re.search(rf"(?<![\w]){re.escape(k)}(?![\w])", msg)]
     return hits[0] if hits else None
 
+# %% ../nbs/02_config.ipynb #1fdc52c2
 def _trainer_args(self: Config, output_dir: str | os.PathLike, **extra):
     source, sources = getattr(self, "_sources", ("<Config>", {}))
     ctx = _Ctx(source, sources)

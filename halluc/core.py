@@ -10,8 +10,9 @@ from typing import NamedTuple, Sequence
 import torch
 
 # %% auto #0
-__all__ = ['BACKTRACK_TOKEN', 'apply_backtracking', 'BacktrackStats', 'backtrack_stats', 'backtrack_roles', 'keep_mask',
-           'apply_backtracking_batch', 'bt_token_of', 'apply_backtracking_text']
+__all__ = ['BACKTRACK_TOKEN', 'RESERVED_BT_TOKEN', 'apply_backtracking', 'BacktrackStats', 'backtrack_stats', 'Edit',
+           'backtrack_edits', 'backtrack_roles', 'keep_mask', 'apply_backtracking_batch', 'recorded_bt_token',
+           'bt_token_of', 'strip_bt', 'common_prefix', 'apply_backtracking_text']
 
 # %% ../nbs/00_core.ipynb #b4a5d406
 BACKTRACK_TOKEN = "<|BACKTRACK|>"
@@ -26,6 +27,7 @@ def _check_bt_id(bt_id) -> int:
     if bt_id < 0: raise ValueError(f"bt_id must be >= 0, got {bt_id}")
     return bt_id
 
+# %% ../nbs/00_core.ipynb #71935edb
 def _as_id_list(ids) -> list[int]:
     if isinstance(ids, torch.Tensor):
         if ids.dim() != 1: raise ValueError(f"ids must be 1-D, got a tensor of shape {tuple(ids.shape)}")
@@ -60,6 +62,7 @@ class BacktrackStats(NamedTuple):
     n_deleted: int  # normal tokens removed by a BT
     n_kept: int     # normal tokens that survive
 
+# %% ../nbs/00_core.ipynb #7d75995b
 def backtrack_stats(ids: Sequence[int], bt_id: int) -> BacktrackStats:
     "Count BTs, wasted BTs, deleted and kept tokens of one completion."
     bt_id = _check_bt_id(bt_id)
@@ -73,16 +76,37 @@ def backtrack_stats(ids: Sequence[int], bt_id: int) -> BacktrackStats:
             n_tok += 1; depth += 1
     return BacktrackStats(n_bt, n_wasted, n_tok - depth, depth)
 
+# %% ../nbs/00_core.ipynb #8a1e0d3c
+class Edit(NamedTuple):
+    start: int              # position of the run's first BT
+    end: int                # one past its last BT: where typing resumes
+    deleted: tuple          # positions of the tokens the run deleted, ascending
+    n_wasted: int           # BTs of the run that found nothing to delete
+
+# %% ../nbs/00_core.ipynb #f99f84a4
+def backtrack_edits(ids: Sequence[int], bt_id: int) -> list[Edit]:
+    "One `Edit` per run of consecutive BTs of one completion."
+    bt_id = _check_bt_id(bt_id)
+    ids = _as_id_list(ids)
+    edits: list[Edit] = []; stack: list[int] = []; i = 0
+    while i < len(ids):
+        if ids[i] != bt_id: stack.append(i); i += 1; continue
+        j = i
+        while j < len(ids) and ids[j] == bt_id: j += 1
+        k = min(j - i, len(stack))
+        gone = stack[len(stack) - k:]; del stack[len(stack) - k:]
+        edits.append(Edit(i, j, tuple(gone), j - i - k)); i = j
+    return edits
+
 # %% ../nbs/00_core.ipynb #b074460b
 def backtrack_roles(ids: Sequence[int], bt_id: int) -> list[str]:
     "Per position of one completion: 'k' kept, 'd' deleted, 'b' a BT that deleted, 'w' a wasted BT."
-    bt_id = _check_bt_id(bt_id)
-    roles: list[str] = []; stack: list[int] = []
-    for i, t in enumerate(_as_id_list(ids)):
-        if t == bt_id:
-            if stack: roles[stack.pop()] = "d"; roles.append("b")
-            else: roles.append("w")
-        else: stack.append(i); roles.append("k")
+    ids = _as_id_list(ids)
+    roles = ["k"] * len(ids)
+    for e in backtrack_edits(ids, bt_id):
+        for p in e.deleted: roles[p] = "d"
+        n = len(e.deleted)
+        roles[e.start:e.end] = ["b"] * n + ["w"] * e.n_wasted
     return roles
 
 # %% ../nbs/00_core.ipynb #b154457e
@@ -101,6 +125,7 @@ def _check_mask(mask, ids, name) -> torch.Tensor:
         raise ValueError(f"{name} shape {tuple(mask.shape)} != input_ids shape {tuple(ids.shape)}")
     return mask != 0
 
+# %% ../nbs/00_core.ipynb #b3f69a51
 def keep_mask(input_ids: torch.Tensor, bt_id: int, attention_mask: torch.Tensor | None = None,
               completion_mask: torch.Tensor | None = None) -> torch.BoolTensor:
     """`[B, T]` bool mask, True where a token survives backtracking (BTs, deleted tokens and padding are False).
@@ -129,16 +154,45 @@ def apply_backtracking_batch(input_ids: torch.Tensor, bt_id: int, attention_mask
     return [row[mask].tolist() for row, mask in zip(ids, m)]
 
 # %% ../nbs/00_core.ipynb #1f421a30
+RESERVED_BT_TOKEN = "<|reserved_special_token_0|>"
+"The Llama 3 row reused as the BT token (id 128002 in Llama 3.x) when the vocabulary has it."
+
+# %% ../nbs/00_core.ipynb #135e5fbe
+def recorded_bt_token(tokenizer) -> str | None:
+    "The BT token `halluc.patcher.add_backtrack_token` recorded on `tokenizer` (also after a save/load round trip), else None."
+    kw = getattr(tokenizer, "init_kwargs", None) or {}
+    special = getattr(tokenizer, "__dict__", {}).get("_special_tokens_map") or {}
+    attr = getattr(tokenizer, "__dict__", {}).get("backtrack_token")
+    # transformers 5 turns a saved `backtrack_token` key into a model-specific special token
+    for t in (kw.get("backtrack_token"), (kw.get("model_specific_special_tokens") or {}).get("backtrack_token"),
+              special.get("backtrack_token"), attr if isinstance(attr, str) else None):
+        if t: return str(t)
+    return None
+
+# %% ../nbs/00_core.ipynb #4fd2f819
 def bt_token_of(tokenizer) -> str:
-    "The BT token string a (patched) tokenizer uses: the one the patcher recorded, else `<|BACKTRACK|>`, else a reusable reserved token."
+    "The BT token string a (patched) tokenizer uses: the recorded one, else `<|BACKTRACK|>`, else the reusable reserved token."
     vocab = tokenizer.get_vocab()
-    # the patcher records it; transformers 5 turns a saved `backtrack_token` key into a tokenizer attribute
-    recorded = getattr(tokenizer, "init_kwargs", {}).get("backtrack_token")
-    attr = getattr(tokenizer, "backtrack_token", None)
-    for t in (recorded, attr if isinstance(attr, str) else None, BACKTRACK_TOKEN, "<|reserved_special_token_0|>"):
+    for t in (recorded_bt_token(tokenizer), BACKTRACK_TOKEN, RESERVED_BT_TOKEN):
         if t and t in vocab: return t
     raise ValueError("tokenizer has no backtrack token: call halluc.patcher.add_backtrack_token(tokenizer) first")
 
+# %% ../nbs/00_core.ipynb #65968727
+def strip_bt(ids: Sequence[int], bt_id: int) -> list[int]:
+    "Every typed token with the BTs dropped and nothing deleted (what a BT-blind decoder shows)."
+    bt_id = _check_bt_id(bt_id)
+    return [t for t in _as_id_list(ids) if t != bt_id]
+
+# %% ../nbs/00_core.ipynb #55fde191
+def common_prefix(a: Sequence, b: Sequence) -> int:
+    "The length of the longest common prefix of `a` and `b` (ids, or text)."
+    n = 0
+    for x, y in zip(a, b):
+        if x != y: break
+        n += 1
+    return n
+
+# %% ../nbs/00_core.ipynb #d38bb3db
 def apply_backtracking_text(text: str, tokenizer, bt_token: str | None = None) -> str:
     "Tokenize `text`, apply backtracking with the tokenizer's BT token, decode the survivors."
     if not isinstance(text, str): raise ValueError(f"text must be a str, got {type(text).__name__}")

@@ -1,7 +1,8 @@
 "Property tests: the vectorised keep_mask, the text path and the stats agree with the reference rule."
 import pytest, torch
 from hypothesis import given, settings, strategies as st
-from halluc.core import apply_backtracking, backtrack_stats, keep_mask, apply_backtracking_batch, BacktrackStats
+from halluc.core import (apply_backtracking, backtrack_stats, keep_mask, apply_backtracking_batch, BacktrackStats, backtrack_edits,
+                         backtrack_roles, strip_bt)
 
 BT, PAD = 3, 0
 
@@ -32,6 +33,22 @@ def test_stats_add_up(ids):
     assert s.n_kept == len(apply_backtracking(ids, BT))
     assert s.n_bt - s.n_wasted == s.n_deleted
     assert s.n_kept + s.n_deleted == len(ids) - s.n_bt
+
+@given(rows)
+def test_edits_are_the_rule(ids):
+    "What the edits delete is what the rule deletes; each run's BTs delete or are wasted; roles are read off them."
+    edits = backtrack_edits(ids, BT)
+    gone = {p for e in edits for p in e.deleted}
+    bts = {i for e in edits for i in range(e.start, e.end)}
+    assert bts == {i for i, t in enumerate(ids) if t == BT} and not gone & bts
+    assert [t for i, t in enumerate(ids) if i not in gone | bts] == apply_backtracking(ids, BT)
+    assert all(len(e.deleted) + e.n_wasted == e.end - e.start and all(p < e.start for p in e.deleted) for e in edits)
+    assert all(a.end < b.start for a, b in zip(edits, edits[1:]))          # maximal runs: a normal token between two
+    s = backtrack_stats(ids, BT)
+    assert sum(e.n_wasted for e in edits) == s.n_wasted and len(gone) == s.n_deleted
+    roles = backtrack_roles(ids, BT)
+    assert {i for i, r in enumerate(roles) if r == "d"} == gone and roles.count("w") == s.n_wasted
+    assert strip_bt(ids, BT) == [t for t in ids if t != BT]
 
 @st.composite
 def padded_batches(draw):

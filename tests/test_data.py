@@ -2,9 +2,8 @@
 import json, random
 import pytest
 from halluc.core import apply_backtracking
-from halluc.data import (load_records, encode_records, make_example, example_rng, ConvertParams, build_sft_dataset,
-                         dpo_pairs, grpo_view, check_no_leakage, LeakageError, BadRecord, format_prompt, get_converter,
-                         near_misses, ANSWER_PREFIX)
+from halluc.data import load_records, encode_records, make_example, example_rng, ConvertParams, build_sft_dataset, dpo_pairs, grpo_view, check_no_leakage, LeakageError, BadRecord, format_prompt, get_converter, near_misses
+from halluc.grading import ANSWER_PREFIX
 from halluc.toy import make_tokenizer
 
 @pytest.fixture(scope="module")
@@ -28,6 +27,7 @@ def test_no_leakage_between_gsm8k_splits(gsm_train, gsm8k_dir):
     with pytest.raises(LeakageError, match="also in the evaluation split"):
         build_sft_dataset(gsm_train[:5] + test[:1], make_tokenizer("llama"), 5, eval_records=test)
 
+@pytest.mark.slow
 @pytest.mark.parametrize("converter,params", [("numeric", {}), ("numeric", {"num_errors": 3}), ("random", {"error_len": 2, "num_errors": 2})])
 def test_invariant_on_all_gsm8k_train(gsm_train, tok_bt, converter, params):
     "apply_backtracking(completion) is the clean completion, token for token, on every record."
@@ -130,9 +130,35 @@ def test_generic_qa_loader(tmp_path):
     recs = load_records(p, question_field="prompt", answer_field="target")
     assert [r["final"] for r in recs] == ["4", "9"] and recs[0]["solution"] == ""
 
+@pytest.mark.slow
 def test_onpolicy_converter_resolves_by_name():
-    "`data.converter=onpolicy` works without importing halluc.onpolicy first (a fresh interpreter)."
+    """`data.converter=onpolicy` resolves wherever a config is trained (halluc.executors imports halluc.onpolicy, which
+    registers it); halluc.data alone (below onpolicy in the layers) names the module instead. Fresh interpreters."""
     import subprocess, sys
-    code = "from halluc.data import get_converter; f = get_converter('onpolicy'); print(f.__module__)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    run = lambda code: subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    out = run("import halluc.executors; from halluc.data import get_converter; print(get_converter('onpolicy').__module__)")
     assert out.returncode == 0 and "halluc.onpolicy" in out.stdout, out.stderr[-500:]
+    out = run("from halluc.config import load_config; from halluc.executors import executor_for; "
+              "print(type(executor_for(load_config(None, ['data.converter=onpolicy']))).__name__)")
+    assert out.returncode == 0 and "OnPolicySFTExecutor" in out.stdout, out.stderr[-500:]
+    out = run("from halluc.data import get_converter; get_converter('onpolicy')")
+    assert out.returncode != 0 and "registered by halluc.onpolicy" in out.stderr
+
+@pytest.mark.slow
+@pytest.mark.parametrize("source", ["toy", "gsm8k"])
+def test_dpo_pairs_never_reward_deleting_a_right_answer(tok_bt, gsm8k_dir, source):
+    """Mistake pairs on all of GSM8K train and 2,000 toy records: every chosen completion backtracks to the reference
+    (so reaches the gold answer); no rejected completion reaches it. Precision pairs: chosen clean, rejected a false BT."""
+    from halluc.grading import extract_answer, normalize_number
+    tok, bt = tok_bt
+    recs = load_records(str(gsm8k_dir / "train.jsonl")) if source == "gsm8k" else load_records("toy", toy_n=2000)
+    pairs = dpo_pairs(recs, tok, bt, precision_share=0.2)
+    gold = {r["id"]: normalize_number(r["final"]) for r in recs}
+    answer = lambda ids: normalize_number(extract_answer(tok.decode(apply_backtracking(ids, bt), skip_special_tokens=True)))
+    mistakes = [p for p in pairs if p["pair"] == "mistake"]
+    precision = [p for p in pairs if p["pair"] == "precision"]
+    assert len(mistakes) > 0.5 * len(recs) * 0.8 and len(precision) > 0.1 * len(recs)
+    assert all(answer(p["chosen_ids"]) == gold[p["id"]] for p in mistakes)
+    assert [p["id"] for p in mistakes if answer(p["rejected_ids"]) == gold[p["id"]]] == []
+    assert all(answer(p["rejected_ids"]) == answer(p["chosen_ids"]) == gold[p["id"]] and bt in p["rejected_ids"] for p in precision)
+    print(f"{source}: {len(recs)} records -> {len(mistakes)} mistake pairs (0 rejected reach the gold answer), {len(precision)} precision pairs")

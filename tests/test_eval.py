@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from halluc.evaluation import (HALLUC_TASKS, HFBacktrackLM, evaluate, gsm8k_dataset, package_task_dir, print_include_path,
-                               process_results, task_dir, task_yaml, UTILS_PY)
+                               process_results, parse_payload, task_dir, task_yaml, UTILS_PY)
 from halluc.data import format_prompt, format_target
 from halluc.executors import quick_eval
 from halluc.patcher import add_backtrack_token, load_backtrack_model, save_backtrack_model
@@ -62,6 +62,7 @@ def memorised_dir(tmp_path_factory):
     return save_backtrack_model(model, tok, tmp_path_factory.mktemp("mem") / "model"), recs
 
 
+@pytest.mark.slow
 def test_agrees_with_quick_eval(memorised_dir, tmp_path):
     path, recs = memorised_dir
     r = evaluate(str(path), ["toy_arithmetic_backtrack"], limit=len(recs), batch_size=8, max_new_tokens=96, output_dir=tmp_path)
@@ -71,10 +72,12 @@ def test_agrees_with_quick_eval(memorised_dir, tmp_path):
     print("hf-backtrack:", {k: round(v, 4) for k, v in m.items()}, "\nquick_eval:", {k: v for k, v in q.items() if k != "samples"})
     assert r["tasks"]["toy_arithmetic_backtrack"]["n"] == q["n"] == 8
     assert m["exact_match_flexible"] == q["exact_match"] > 0.5
-    assert m["raw_exact_match_flexible"] == q["exact_match_raw"] < q["exact_match"]
+    for k in ("counterfactual_exact_match", "recovery_rate", "harm_rate", "bt_precision", "false_bt_rate", "bt_span_accuracy"):
+        assert m[k] == pytest.approx(q[k]), k                     # both paths score with halluc.measure, counterfactual included
+    assert m["exact_match_flexible"] - m["counterfactual_exact_match"] == pytest.approx(m["recovery_rate"] - m["harm_rate"])
     assert m["bt_rate"] == pytest.approx(q["bt_rate"]) and m["bt_rate"] > 0
-    assert m["share_with_bt"] == q["share_with_bt"] > 0
-    assert m["recovery_rate"] > 0 and m["wasted_bt_rate"] > 0
+    assert m["share_with_bt"] == q["share_with_bt"] > 0 and m["tokens_per_problem"] == pytest.approx(q["tokens_per_problem"])
+    assert m["wasted_bt_rate"] > 0
     # per sample: the post-backtrack text is what quick_eval decodes
     rows = [json.loads(l) for l in (tmp_path / "samples_toy_arithmetic_backtrack.jsonl").read_text().splitlines()]
     by_id = {s["id"]: s for s in q["samples"]}
@@ -86,6 +89,7 @@ def test_agrees_with_quick_eval(memorised_dir, tmp_path):
     assert not list(tmp_path.glob(".*tmp"))
 
 
+@pytest.mark.slow
 def test_chat_template_prompt_and_lora_folder(tmp_path):
     "A chat-template tokenizer gets the training prompt (per sample equal to quick_eval); LoRA adapter folders load."
     from halluc.patcher import get_peft_backtrack_model
@@ -104,6 +108,7 @@ def test_chat_template_prompt_and_lora_folder(tmp_path):
     assert r["bt_id"] == bt and r["tasks"]["toy_arithmetic_backtrack"]["n"] == 2
 
 
+@pytest.mark.slow
 def test_plain_hf_returns_the_raw_text(memorised_dir):
     "lm-eval's own `hf` model on the same task: its text is hf-backtrack's raw text (BTs dropped, nothing deleted)."
     from lm_eval import simple_evaluate
@@ -113,12 +118,15 @@ def test_plain_hf_returns_the_raw_text(memorised_dir):
     res = simple_evaluate(model="hf", model_args=f"pretrained={path}", tasks=["toy_arithmetic_backtrack"], limit=4, batch_size=4,
                           device="cpu", task_manager=tm, gen_kwargs={"max_gen_toks": 96}, log_samples=False)
     plain = res["results"]["toy_arithmetic_backtrack"]
-    bt = evaluate(str(path), "toy_arithmetic_backtrack", limit=4, batch_size=4, max_new_tokens=96, log_samples=False)
-    m = bt["tasks"]["toy_arithmetic_backtrack"]["metrics"]
-    assert plain["exact_match_flexible,none"] == m["raw_exact_match_flexible"]
+    bt = evaluate(str(path), "toy_arithmetic_backtrack", limit=4, batch_size=4, max_new_tokens=96)
+    rows = bt["samples"]["toy_arithmetic_backtrack"]
+    raw = [parse_payload(r["filtered_resps"][0])["raw_text"] for r in rows]
+    from halluc.grading import answers_match, extract_answer
+    assert plain["exact_match_flexible,none"] == sum(answers_match(extract_answer(t), r["doc"]["final"]) for t, r in zip(raw, rows)) / 4
     assert plain["bt_rate,none"] == 0
 
 
+@pytest.mark.slow
 def test_cli_wrapper(toy_dir, tmp_path):
     "`halluc-lm-eval` (lm-eval's own CLI with hf-backtrack registered) with the include path halluc prints."
     exe = Path(sys.executable).parent / "halluc-lm-eval"
@@ -146,6 +154,7 @@ def test_tasks_path_and_shipped_files(capsys, tmp_path):
     assert (package_task_dir() / "utils.py").read_text() == UTILS_PY
 
 
+@pytest.mark.slow
 def test_gsm8k_tasks_load_and_run(toy_dir, gsm8k_dir):
     r = evaluate(str(toy_dir), "gsm8k_backtrack,gsm8k_backtrack_cot_8shot", limit=2, batch_size=2, max_new_tokens=4)
     assert {t: s["n"] for t, s in r["tasks"].items()} == {"gsm8k_backtrack": 2, "gsm8k_backtrack_cot_8shot": 2}
@@ -155,6 +164,7 @@ def test_gsm8k_tasks_load_and_run(toy_dir, gsm8k_dir):
 
 # --- bad inputs -----------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_folder_without_halluc_json_warns_once_and_evaluates(tmp_path):
     tok = make_tokenizer("llama"); model = make_model(tok)
     model.save_pretrained(tmp_path / "plain"); tok.save_pretrained(tmp_path / "plain")
@@ -168,6 +178,7 @@ def test_folder_without_halluc_json_warns_once_and_evaluates(tmp_path):
     assert r1["tasks"]["toy_arithmetic_backtrack"]["metrics"]["bt_rate"] == 0
 
 
+@pytest.mark.slow
 def test_in_memory_model_without_bt_token_warns():
     tok = make_tokenizer("llama"); model = make_model(tok)
     with pytest.warns(UserWarning, match="no backtrack token"):
@@ -196,5 +207,5 @@ def test_no_answer_scores_zero_and_is_counted():
         m = process_results(doc, [text])
         assert m["exact_match_flexible"] == m["exact_match_strict"] == 0 and m["no_answer"] == m["no_answer_line"] == 1
     m = process_results(doc, ['{"halluc_eval": 1, "text": "no idea", "raw": "4<BT>no idea", "raw_text": "4no idea", '
-                              '"n_tokens": 5, "n_bt": 1, "n_wasted": 0, "n_deleted": 1, "n_kept": 3}'])
-    assert m["no_answer"] == 1 and m["raw_exact_match_flexible"] == 1 and m["harm_rate"] == 1 and m["bt_rate"] == [1, 5]
+                              '"n_tokens": 5, "n_bt": 1, "n_wasted": 0, "n_deleted": 1, "n_kept": 3, "counterfactual": "4"}'])
+    assert m["no_answer"] == 1 and m["counterfactual_exact_match"] == 1 and m["harm_rate"] == 1 and m["bt_rate"] == [1, 5]

@@ -6,8 +6,8 @@ import pytest, torch
 from halluc.config import load_config, ConfigError
 from halluc.core import apply_backtracking
 from halluc.data import format_target, dpo_pairs
-from halluc.executors import (EXECUTORS, SFTExecutor, GRPOExecutor, DPOExecutor, check_prompt_ids, prompt_messages, frozen_copy,
-                              pretokenized_dpo_trainer)
+from halluc.executors import EXECUTORS, SFTExecutor, GRPOExecutor, DPOExecutor, check_prompt_ids, frozen_copy, pretokenized_dpo_trainer
+from halluc.data import format_messages
 from halluc.patcher import add_backtrack_token, save_backtrack_model, load_backtrack_model, effective_embeddings
 from halluc.toy import make_tokenizer, make_model, arithmetic_records
 
@@ -63,6 +63,7 @@ def test_sft_masked_error_tokens_carry_no_loss(tmp_path):
     assert loss_u == pytest.approx((nll_u * keep_u.flatten()).sum().item() / keep_u.sum().item(), rel=1e-4)
     assert keep_u.sum() > keep.sum() and loss_u != pytest.approx(loss_m, rel=1e-4)
 
+@pytest.mark.slow
 def test_sft_lora_trains_the_bt_rows_through_trl(tmp_path):
     "TRL's fused LM head reads lm_head.bias, which PEFT's TrainableTokensWrapper lacks: fused_head_compat fixes it."
     cfg = load_config(None, ["data.converter=numeric", "data.toy_n_train=16", "lora.enabled=true", f"run.root={tmp_path}",
@@ -91,6 +92,7 @@ def test_grpo_keeps_the_sft_bt_row(tmp_path, sft_folder):
     assert ex.bt_id == info["bt_id"] and ex.parent["executor"] == "sft"
     for a, b in zip(effective_embeddings(model), effective_embeddings(saved)): assert torch.equal(a[ex.bt_id], b[ex.bt_id])
 
+@pytest.mark.slow
 def test_grpo_two_steps_from_sft_folder(tmp_path, sft_folder):
     from halluc.reward import curriculum_weights, REWARD_NAMES
     cfg = grpo_cfg(tmp_path, sft_folder)
@@ -112,6 +114,7 @@ def test_grpo_two_steps_from_sft_folder(tmp_path, sft_folder):
     assert info["executor"] == "grpo" and info["parent"] == str(sft_folder) and info["init"] == "semantic"
     assert (Path(res["run_dir"]) / "checkpoints" / "checkpoint-2").is_dir()
 
+@pytest.mark.slow
 def test_grpo_lora_one_step(tmp_path, sft_folder):
     ex = GRPOExecutor(grpo_cfg(tmp_path, sft_folder, "lora.enabled=true", "trainer.max_steps=1"))
     res = ex.run()
@@ -122,6 +125,7 @@ def test_grpo_refuses_trainer_reward_weights(tmp_path, sft_folder):
     ex = GRPOExecutor(grpo_cfg(tmp_path, sft_folder, "trainer.reward_weights=[1, 1, 1, 1]")); ex.run_dir = tmp_path
     with pytest.raises(ConfigError, match="reward.weights_start"): ex.training_args()
 
+@pytest.mark.slow
 def test_grpo_prompt_ids_match_sft(tmp_path):
     "TRL's own prompt tokenisation gives the SFT prompt ids; a templated string on a BOS-adding tokenizer would not."
     from trl import GRPOTrainer, GRPOConfig
@@ -134,14 +138,15 @@ def test_grpo_prompt_ids_match_sft(tmp_path):
                          "<|end_header_id|>\n\n{% endif %}")
     recs = arithmetic_records(3, seed=0)
     args = GRPOConfig(str(tmp_path), use_cpu=True, per_device_train_batch_size=2, num_generations=2, max_steps=1, report_to="none")
-    ds = datasets.Dataset.from_list([dict(prompt=prompt_messages(r["question"]), final=r["final"]) for r in recs])
+    ds = datasets.Dataset.from_list([dict(prompt=format_messages(r["question"]), final=r["final"]) for r in recs])
     tr = GRPOTrainer(model=model, reward_funcs=lambda completions, **k: [0.0] * len(completions), args=args, train_dataset=ds, processing_class=tok)
-    assert check_prompt_ids(tr, tok, recs, [prompt_messages(r["question"]) for r in recs]) == 3
+    assert check_prompt_ids(tr, tok, recs, [format_messages(r["question"]) for r in recs]) == 3
     with pytest.raises(ValueError, match="doubled BOS"):
         check_prompt_ids(tr, tok, recs, [format_prompt(r["question"], tok) for r in recs])
 
 # --- DPO ------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
 def test_dpo_two_steps(tmp_path, sft_folder, lora):
     cfg = load_config(REPO / "configs/toy_dpo.yaml", [f"model.name_or_path={sft_folder}", "data.toy_n_train=24", f"run.root={tmp_path}",
@@ -163,6 +168,7 @@ def test_dpo_two_steps(tmp_path, sft_folder, lora):
     # at step 2 the policy has moved and the reference has not
     assert [l["step"] for l in logs] == [1, 2] and logs[0]["rewards/margins"] == 0.0 and logs[1]["rewards/margins"] != 0.0
 
+@pytest.mark.slow
 def test_dpo_trains_on_the_exact_pair_ids(tmp_path, sft_folder):
     "The chosen ids TRL collates are dpo_pairs' ids: one BOS, the BTs, and backtracking them gives the reference solution."
     cfg = load_config(REPO / "configs/toy_dpo.yaml", [f"model.name_or_path={sft_folder}", "data.toy_n_train=40", "data.converter=random",
@@ -172,7 +178,7 @@ def test_dpo_trains_on_the_exact_pair_ids(tmp_path, sft_folder):
     train, _ = ex.load_records()
     ds = ex.build_dataset(train)
     tr = ex.make_trainer(model, tok, ds, ex.training_args())
-    pairs = dpo_pairs(train, tok, ex.bt_id, source="random")
+    pairs = dpo_pairs(train, tok, ex.bt_id, source="random", precision_share=cfg.data.dpo_precision_share)
     recs = {r["id"]: r for r in train}
     assert len(tr.train_dataset) == len(pairs) > 0
     batch = tr.data_collator([tr.train_dataset[i] for i in range(len(pairs))])
@@ -184,7 +190,8 @@ def test_dpo_trains_on_the_exact_pair_ids(tmp_path, sft_folder):
         assert batch["input_ids"][n + k][batch["completion_mask"][n + k].bool()].tolist() == p["rejected_ids"]
         assert row[0] == tok.bos_token_id and row[1] != tok.bos_token_id
         r = recs[p["id"]]
-        assert chosen.count(ex.bt_id) == cfg.data.converter_params.get("error_len", 3)
+        if p["pair"] == "mistake": assert chosen.count(ex.bt_id) == cfg.data.converter_params.get("error_len", 3)
+        else: assert ex.bt_id not in chosen and ex.bt_id in p["rejected_ids"]        # a precision pair: the BT is rejected
         assert tok.decode(apply_backtracking(chosen, ex.bt_id), skip_special_tokens=True) == format_target(r["solution"], r["final"])
 
 def test_dpo_text_path_would_not_keep_the_ids():
@@ -197,6 +204,7 @@ def test_dpo_text_path_would_not_keep_the_ids():
     changed = sum(_tokenize(tok, p["prompt"] + p["chosen"])["input_ids"][len(p0):] != p["chosen_ids"] for p in pairs)
     assert changed > 0
 
+@pytest.mark.slow
 def test_dpo_text_datasets_still_go_through_trl(tmp_path):
     "A text dataset takes TRL's own path (PretokenizedDPOTrainer only skips re-tokenising given ids)."
     import datasets, trl
@@ -213,6 +221,7 @@ def test_dpo_refuses_onpolicy(tmp_path, sft_folder):
 
 # --- resume ---------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_resume_continues_from_the_last_checkpoint(tmp_path):
     base = ["data.toy_n_train=32", f"run.root={tmp_path}", "run.name=r", "trainer.save_steps=2", *FAST]
     first = SFTExecutor(load_config(None, base + ["trainer.max_steps=4"])).run()
@@ -228,6 +237,7 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path):
     state = json.loads((ck / "checkpoint-6" / "trainer_state.json").read_text())
     assert state["global_step"] == 6 and [h["step"] for h in state["log_history"] if "loss" in h] == [1, 2, 3, 4, 5, 6]
 
+@pytest.mark.slow
 def test_grpo_resume_keeps_the_curriculum_on_schedule(tmp_path, sft_folder):
     from halluc.reward import curriculum_weights
     first = GRPOExecutor(grpo_cfg(tmp_path, sft_folder)).run()

@@ -2,7 +2,7 @@
 import json, subprocess, sys
 from pathlib import Path
 import nbformat, pytest
-from halluc.jobs import run_notebook, train_job, is_smoke
+from halluc.jobs import run_notebook, train_job
 from halluc.runs import check_run_name
 
 REPO = Path(__file__).resolve().parents[1]
@@ -15,6 +15,7 @@ def make_nb(path, body):
     nb.metadata = {"kernelspec": {"name": "python3", "display_name": "python3", "language": "python"}}
     nbformat.write(nb, path); return path
 
+@pytest.mark.slow
 def test_failing_notebook_keeps_partial_and_marks_failed(tmp_path):
     nb = make_nb(tmp_path / "job.ipynb", "print('before'); assert x == 2, 'x must be 2'")
     with pytest.raises(RuntimeError, match="partial notebook is kept"):
@@ -24,6 +25,7 @@ def test_failing_notebook_keeps_partial_and_marks_failed(tmp_path):
     st = json.loads((out / "status.json").read_text())
     assert st["status"] == "failed" and "x must be 2" in json.dumps(st)
 
+@pytest.mark.slow
 def test_notebook_parameters_are_injected(tmp_path):
     nb = make_nb(tmp_path / "ok.ipynb", "assert x == 2 and run_name == 'ok-run'")
     out = run_notebook(str(nb), root=str(tmp_path / "runs"), run_name="ok-run", parameters={"x": 2})
@@ -42,6 +44,7 @@ def test_missing_paths_are_named(tmp_path):
     with pytest.raises(ValueError, match="unknown executor"):
         train_job("ppo", None)
 
+@pytest.mark.slow
 def test_cli_help_and_errors(tmp_path):
     h = subprocess.run([HALLUC, "--help"], capture_output=True, text=True)
     assert h.returncode == 0 and all(c in h.stdout for c in ("train", "eval", "run", "runs", "experiment"))
@@ -52,12 +55,15 @@ def test_cli_help_and_errors(tmp_path):
                                 capture_output=True, text=True, cwd=REPO)
     assert wrong_type.returncode == 2 and "trainer.max_steps" in wrong_type.stderr
 
-def test_smoke_switch(monkeypatch):
-    monkeypatch.delenv("IN_TEST", raising=False)
-    assert not is_smoke() and is_smoke(True)
-    monkeypatch.setenv("IN_TEST", "1")
-    assert is_smoke() and not is_smoke(False)
+def test_library_ignores_in_test(monkeypatch):
+    "Smoke mode is a parameter: nbdev-test's IN_TEST is read by the job notebooks, never by the library."
+    import halluc
+    hits = [p.name for p in Path(halluc.__file__).parent.glob("*.py") if "IN_TEST" in p.read_text()]
+    assert hits == []
+    nbs = [p.name for p in (REPO / "nbs").glob("*.ipynb") if "IN_TEST" in p.read_text() and "parameters" in p.read_text()]
+    assert sorted(nbs) == ["eval.ipynb", "experiment.ipynb", "train_dpo.ipynb", "train_grpo.ipynb", "train_sft.ipynb"]
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kw,msg", [(dict(overrides=5), "overrides"), (dict(overrides=[3]), "overrides"),
                                     (dict(resume="yes"), "resume"), (dict(run_name=7), "run_name")])
 def test_wrong_parameter_types(kw, msg):

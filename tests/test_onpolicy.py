@@ -4,11 +4,11 @@ from pathlib import Path
 import pytest
 import torch
 from halluc.core import apply_backtracking
-from halluc.data import (ConvertParams, encode_records, load_records, make_example, get_converter, build_sft_dataset,
-                         CONVERTERS, BadRecord)
-from halluc.reward import answers_match, extract_answer, find_steps
-from halluc.onpolicy import (sample_solutions, analyse_sample, onpolicy_example, build_onpolicy_dataset, onpolicy_dpo_pairs,
-                             convert_onpolicy, make_onpolicy_converter, SkipSample, SKIP_REASONS, is_correct_solution, SamplesMissing)
+from halluc.data import ConvertParams, encode_records, load_records, make_example, get_converter, build_sft_dataset, BadRecord
+from halluc.data import CONVERTERS
+from halluc.grading import answers_match, extract_answer, find_steps
+from halluc.generate import sample_solutions
+from halluc.onpolicy import analyse_sample, onpolicy_example, build_onpolicy_dataset, onpolicy_dpo_pairs, convert_onpolicy, make_onpolicy_converter, SkipSample, SKIP_REASONS, is_correct_solution, SamplesMissing
 from halluc.toy import make_tokenizer, make_model
 from halluc.patcher import add_backtrack_token
 
@@ -66,6 +66,7 @@ class CountingGenerate:
 
 # --- sampling -------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_sampling_shape_and_determinism(untrained):
     model, tok, bt = untrained
     recs = load_records("toy", max_records=6)
@@ -84,6 +85,7 @@ def test_sampling_shape_and_determinism(untrained):
     assert [r["completion_ids"] for r in a] != [r["completion_ids"] for r in c]
     assert model.training is False or model.training is True   # restored, whatever it was
 
+@pytest.mark.slow
 def test_batched_greedy_equals_one_at_a_time(trained, train_recs):
     "Left padding changes nothing: greedy batched completions are the one-at-a-time ones."
     model, tok, bt = trained
@@ -91,11 +93,12 @@ def test_batched_greedy_equals_one_at_a_time(trained, train_recs):
     one = sample_solutions(model, tok, recs, k=1, batch_size=1, temperature=0, max_new_tokens=32, progress=False)
     many = sample_solutions(model, tok, recs, k=1, batch_size=10, temperature=0, max_new_tokens=32, progress=False)
     assert [r["completion_ids"] for r in one] == [r["completion_ids"] for r in many]
-    from halluc.executors import generate_completions
+    from halluc.generate import generate_completions
     from halluc.data import format_prompt
-    ref = generate_completions(model, tok, [format_prompt(r["question"], tok) for r in recs], 32, 10)
+    ref = generate_completions(model, tok, recs, 32, 10)
     assert [r["completion_ids"] for r in many] == ref
 
+@pytest.mark.slow
 def test_killed_run_resumes_from_its_last_finished_chunk(untrained, tmp_path):
     model, tok, bt = untrained
     recs = load_records("toy", max_records=12)
@@ -130,6 +133,7 @@ def test_killed_run_resumes_from_its_last_finished_chunk(untrained, tmp_path):
     with pytest.raises(ValueError, match="other settings.*k: 2 there, 3 now"):
         sample_solutions(model, tok, recs, out_dir=out, **{**kw, "k": 3})
 
+@pytest.mark.slow
 def test_prompts_longer_than_the_context_are_skipped_and_counted(untrained):
     model, tok, bt = untrained
     recs = load_records("toy", max_records=4)
@@ -157,6 +161,7 @@ def test_empty_input(untrained):
     with pytest.raises(ValueError, match="model to sample from"): build_onpolicy_dataset(None, tok, bt, recs)
     with pytest.raises(ValueError, match="k must be"): sample_solutions(model, tok, recs, k=0)
 
+@pytest.mark.slow
 def test_a_model_that_never_writes_a_checkable_step(untrained):
     "An untrained model writes nonsense: 0 usable mistakes, no crash."
     model, tok, bt = untrained
@@ -257,6 +262,7 @@ def test_fuzz_samples_never_crash_and_keep_the_invariant(kind):
             assert fixed[p.kept:] == enc.completion_ids[p.ref_from:]
     assert {"number", "step", "no_checkable_step"} <= set(seen), seen
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["llama", "qwen"])
 def test_invariant_on_gsm8k_records_with_planted_slips(gsm8k_dir, kind):
     "GSM8K references with the first step's result changed (and, second, the prose before it reworded): every usable example backtracks to a correct solution."
@@ -284,6 +290,7 @@ def test_invariant_on_gsm8k_records_with_planted_slips(gsm8k_dir, kind):
 
 # --- datasets, pairs, registry --------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_dataset_from_a_trained_model(trained, train_recs, trained_samples):
     model, tok, bt = trained
     steps = [s.ok for r in trained_samples for s in find_steps(tok.decode(apply_backtracking(r["completion_ids"], bt), skip_special_tokens=True))]
@@ -316,11 +323,13 @@ def test_dataset_from_a_trained_model(trained, train_recs, trained_samples):
     ds2, _ = build_onpolicy_dataset(None, tok, bt, train_recs, samples=trained_samples, mask_errors=False, max_length=40)
     assert all(len(x) <= 40 for x in ds2["input_ids"])
 
+@pytest.mark.slow
 def test_too_long_for_max_length_is_counted(trained, train_recs, trained_samples):
     model, tok, bt = trained
     ds, rep = build_onpolicy_dataset(None, tok, bt, train_recs, samples=trained_samples, max_length=55)
     assert rep["skipped"]["too_long"] > 0 and all(len(x) <= 55 for x in ds["input_ids"])
 
+@pytest.mark.slow
 def test_dpo_pairs_from_own_mistakes(trained, train_recs, trained_samples):
     model, tok, bt = trained
     pairs, rep = onpolicy_dpo_pairs(train_recs, trained_samples, tok, bt, pairs_per_record=2)
@@ -360,9 +369,10 @@ def test_registry_converter(tok_bt, untrained):
 
 # --- the self-correction loop ---------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_self_correction_loop_rounds_and_resume(tmp_path):
     from halluc.config import load_config
-    from halluc.onpolicy import SelfCorrectionLoop
+    from halluc.jobs import SelfCorrectionLoop
     cfg = load_config(None, ["data.toy_n_train=16", "data.converter=numeric", "trainer.max_steps=3", "trainer.per_device_train_batch_size=8",
                              "trainer.learning_rate=3e-3", "trainer.activation_checkpointing=false", "trainer.save_steps=100",
                              "eval.limit=2", "eval.max_new_tokens=12", "eval.batch_size=8", f"run.root={tmp_path}", "run.name=loop"])
@@ -374,8 +384,14 @@ def test_self_correction_loop_rounds_and_resume(tmp_path):
         assert out["rounds"][r]["exact_match"] is not None
     for r in (1, 2):
         rep = json.loads((root / f"round-{r}" / "onpolicy.json").read_text())
-        assert rep["samples"] == 32 and rep["examples"] >= 16            # every record: its own example, or its reference
-        assert sorted(p.name for p in (root / f"round-{r}" / "samples").iterdir()) == ["chunk-00000.jsonl", "sampling.json"]
+        # data.onpolicy_temperatures [0, 1]: one greedy sample and k=2 at T=1 per record
+        assert rep["samples"] == 48 and rep["examples"] >= 16            # every record: its own example, or its reference
+        assert {t: v["samples"] for t, v in rep["by_temperature"].items()} == {"0.0": 16, "1.0": 32}
+        assert 0 <= rep["detection_before"]["n_records"] <= 16
+        assert sorted(p.name for p in (root / f"round-{r}" / "samples").iterdir()) == ["T0", "T1"]
+        assert sorted(p.name for p in (root / f"round-{r}" / "samples" / "T1").iterdir()) == ["chunk-00000.jsonl", "sampling.json"]
+        q = json.loads((root / f"round-{r}" / "result.json").read_text())["quick_eval"]
+        assert q["detection_after"]["n_records"] == 2 and q["detection_before"] == rep["detection_before"]
         assert load_config(root / f"round-{r}" / "config.yaml").model.name_or_path == str(root / f"round-{r - 1}" / "model")
     assert json.loads((root / "loop.json").read_text()) == json.loads(json.dumps(out))
     m = (root / "round-2" / "result.json").stat().st_mtime_ns

@@ -7,9 +7,10 @@ from peft import PeftModel, get_peft_model
 
 from halluc.core import BACKTRACK_TOKEN, bt_token_of
 from halluc.toy import make_tokenizer, make_model
-from halluc.patcher import (BT_INIT_STRATEGIES, RESERVED_BT_TOKEN, add_backtrack_token, lora_config_for_backtrack,
-                            get_peft_backtrack_model, peft_bt_mechanism, effective_embeddings, recorded_bt_token,
-                            save_backtrack_model, load_backtrack_info, load_backtrack_model, write_json_atomic)
+from halluc.config import BT_INITS
+from halluc.core import RESERVED_BT_TOKEN, recorded_bt_token
+from halluc.patcher import add_backtrack_token, lora_config_for_backtrack, get_peft_backtrack_model, peft_bt_mechanism, effective_embeddings, save_backtrack_model, load_backtrack_info, load_backtrack_model
+from halluc.io import write_json_atomic
 
 _TOKS = {}
 def fresh_tok(kind):
@@ -100,7 +101,7 @@ def test_init_strategies_finite_changed_deterministic(kind):
     before = add_backtrack_token(fresh_tok(kind))  # id without touching a model
     ref_in = emb(base)[before].detach() if before < emb(base).shape[0] else None
     rows = {}
-    for init in BT_INIT_STRATEGIES:
+    for init in BT_INITS:
         r, o, bt = _row(kind, init)
         assert bt == before and torch.isfinite(r).all() and torch.isfinite(o).all(), init
         if ref_in is not None: assert not torch.allclose(r, ref_in), init
@@ -193,6 +194,7 @@ def test_lora_config_mechanisms():
     with pytest.raises(ValueError, match="bias"):
         lora_config_for_backtrack(model, bt, mechanism="trainable_token_indices")
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["llama", "qwen"])
 def test_lora_step_moves_only_bt_rows(kind):
     tok, model, bt = patched(kind)
@@ -211,6 +213,7 @@ def test_lora_step_moves_only_bt_rows(kind):
     base = pm.get_base_model().get_input_embeddings().token_adapter.base_layer.weight
     assert torch.equal(base, base_W)     # the frozen base rows stay as they were
 
+@pytest.mark.slow
 def test_modules_to_save_fallback_trains_and_roundtrips(tmp_path):
     tok, model, bt = patched("qwen")
     pm = get_peft_backtrack_model(model, bt, r=4, alpha=8, mechanism="modules_to_save")
@@ -230,6 +233,7 @@ def test_modules_to_save_fallback_trains_and_roundtrips(tmp_path):
 
 # --- save / load ------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["llama", "qwen"])
 @pytest.mark.parametrize("merge", [True, False])
 def test_save_load_roundtrip(kind, merge, tmp_path):

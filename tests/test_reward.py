@@ -9,9 +9,9 @@ from halluc.core import apply_backtracking
 from halluc.toy import make_tokenizer, make_model, arithmetic_records
 from halluc.patcher import add_backtrack_token
 from halluc.config import RewardConfig
-from halluc.reward import (normalize_number, answers_match, extract_answer, safe_eval, find_steps, check_steps,
-                           first_wrong_step, process_score, prompt_numbers, make_reward_funcs, weighted_reward,
-                           curriculum_weights, CurriculumCallback, RewardFunc, RewardStats, REWARD_NAMES, REWARD_DEFAULTS)
+from halluc.grading import normalize_number, answers_match, extract_answer, safe_eval, find_steps, check_steps, first_wrong_step, process_score, prompt_numbers
+from halluc.reward import make_reward_funcs, weighted_reward, curriculum_weights, CurriculumCallback, RewardFunc, RewardStats, REWARD_NAMES
+from halluc.config import RewardConfig
 
 _TOKS = {}
 def patched_tok(kind):
@@ -99,7 +99,7 @@ def test_names_signature_and_ids_not_text():
     assert [get_callable_name(f) for f in FUNCS] == list(REWARD_NAMES) and not any(is_async_callable(f) for f in FUNCS)
     wrong = enc("9 * 3 = 28") + [BT] + enc("7")   # the decoded text would read "9 * 3 = 287"
     assert TOK.decode(wrong, skip_special_tokens=True) != TOK.decode(apply_backtracking(wrong, BT), skip_special_tokens=True)
-    row = FUNCS[0].scorer.score([Q], [wrong], [FINAL], 1)[0]
+    row = FUNCS[0].scorer.score_batch([Q], [wrong], [FINAL], 1)[0]
     assert row.text == TOK.decode(apply_backtracking(wrong, BT), skip_special_tokens=True) == "9 * 3 = 27"
     # TRL passes extra dataset columns and helpers as keyword arguments
     out = FUNCS[1](prompts=[Q], completions=["x"], completion_ids=[enc(CLEAN)], final=[FINAL], trainer_state=None,
@@ -209,10 +209,10 @@ def test_invalid_inputs_are_counted_never_raised():
 def test_internal_failure_scores_zero_and_is_counted(monkeypatch):
     import halluc.reward as R
     funcs = make_reward_funcs(TOK, BT)
-    monkeypatch.setattr(R, "_text_scores", lambda *a: 1 / 0)
+    monkeypatch.setattr(R, "text_scores", lambda *a: 1 / 0)
     out = funcs[0](prompts=[Q], completions=[""], completion_ids=[enc(CLEAN)], final=[FINAL])
     assert out == [0.0] and funcs[0].n_errors == 1
-    monkeypatch.setattr(funcs[0].scorer, "score", lambda *a: 1 / 0)
+    monkeypatch.setattr(funcs[0].scorer, "score_batch", lambda *a: 1 / 0)
     assert funcs[0](prompts=[Q], completions=[""], completion_ids=[enc(CLEAN)], final=[FINAL]) == [0.0]
 
 # --- gaming never pays ------------------------------------------------------------------------------------------
@@ -322,25 +322,65 @@ def test_scorer_text_is_the_core_rule(ids, kind):
     tok, bt = patched_tok(kind)
     ids = [bt if t == BT else min(t, len(tok) - 1) for t in ids]
     funcs = make_reward_funcs(tok, bt)
-    rows = funcs[0].scorer.score(None, [ids, ids[::-1]], None, 2)
+    rows = funcs[0].scorer.score_batch(None, [ids, ids[::-1]], None, 2)
     for r, x in zip(rows, [ids, ids[::-1]]):
         assert r.text == tok.decode(apply_backtracking(x, bt), skip_special_tokens=True)
 
 @pytest.mark.parametrize("kind", ["llama", "qwen"])
 def test_fast_decoder_matches_tokenizer(kind):
     tok, bt = patched_tok(kind)
+    from halluc.reward import byte_table
     dec = make_reward_funcs(tok, bt)[0].scorer.decode
-    assert dec.table is not None, "byte-level toy tokenizers get the table decoder"
+    assert byte_table(tok) is not None, "byte-level toy tokenizers get the table decoder"
     rng = random.Random(0)
     seqs = [[rng.randrange(len(tok)) for _ in range(rng.randrange(0, 64))] for _ in range(300)]
-    assert dec(seqs) == [tok.decode(s, skip_special_tokens=True) for s in seqs]
+    assert [dec(s) for s in seqs] == [tok.decode(s, skip_special_tokens=True) for s in seqs]
     other = copy.deepcopy(tok); other.clean_up_tokenization_spaces = True
-    assert type(dec)(other).table is None    # anything the table cannot mirror falls back to the tokenizer
+    assert byte_table(other) is None    # anything the table cannot mirror falls back to the tokenizer
+
+# --- the pure scorer and its edit-based terms -------------------------------------------------------------------
+
+@settings(max_examples=300, deadline=None)
+@given(ids=st.lists(st.one_of(st.integers(0, 40), st.just(BT)), max_size=80))
+def test_edits_of_is_the_core_rule(ids):
+    "The tail-only replay gives backtrack_edits' edits, and kept_mask its survivors."
+    from halluc.core import backtrack_edits
+    from halluc.reward import edits_of, kept_mask
+    from itertools import compress
+    e = edits_of(ids, BT)
+    assert e == (backtrack_edits(ids, BT) if BT in ids else [])
+    assert list(compress(ids, kept_mask(len(ids), e))) == apply_backtracking(ids, BT)
+
+def test_score_is_what_the_reward_functions_return():
+    from halluc.reward import score as score_one, reward_config
+    sc = FUNCS[0].scorer
+    a, op, b, _, c = STEPS[0].split()
+    head, wrong = enc(f"{a} {op} {b} = "), enc(str(int(c) + 10))
+    rows = [enc(CLEAN), head + wrong + [BT] * len(wrong) + enc(CLEAN)[len(head):], [BT, BT] + enc(CLEAN), [BT] * 5]
+    got = [score_one(tuple(r), BT, sc.decode, prompt_numbers(Q), normalize_number(FINAL), reward_config()) for r in rows]
+    s = score(rows)
+    assert [[g[i] for g in got] for i in range(4)] == [s[k] for k in REWARD_NAMES]
+    assert got[1].recovered and not got[0].recovered and got[2].n_wasted == 2 and got[3].bt_rate == 1.0
+
+def test_retype_reads_the_text_that_stays():
+    "A run whose text after it survives is compared with that surviving text, even across a later edit."
+    from halluc.reward import edits_of, kept_mask, retyped_counts
+    x, y, z, w = enc(" alpha")[0], enc(" beta")[0], enc(" gamma")[0], enc(" delta")[0]
+    ids = [x, y, z, BT, BT, BT, x, w, BT, y, z]                  # x y z deleted; x (w deleted) y z typed again
+    e = edits_of(ids, BT)
+    assert retyped_counts(ids, kept_mask(len(ids), e), e) == [3, 0]
+    assert score([ids], final="0")["efficiency"][0] == pytest.approx(1.0 - 3 * 0.1 - 0.5 * (4 / 11 - 0.2) / 0.8)  # 4 BTs in 11
+
+def test_a_failing_log_metric_keeps_the_scores():
+    funcs = make_reward_funcs(TOK, BT)
+    def boom(*a): raise RuntimeError("logger down")
+    out = funcs[3](prompts=[Q], completions=[""], completion_ids=[enc(CLEAN)], final=[FINAL], log_metric=boom)
+    assert out == [1.0] and funcs[3].stats["errors"] == 0 and funcs[3].stats["items"] == 1
 
 # --- curriculum ----------------------------------------------------------------------------------------------------
 
 def test_curriculum_weights():
-    start, end = REWARD_DEFAULTS["weights_start"], REWARD_DEFAULTS["weights_end"]
+    start, end = RewardConfig().weights_start, RewardConfig().weights_end
     for sch in ["linear", "cosine", "step", "constant"]:
         cfg = RewardConfig(schedule=sch)
         assert curriculum_weights(0, cfg) == start
@@ -378,6 +418,7 @@ def test_curriculum_callback_on_a_stub_trainer():
     CurriculumCallback(bare, None).on_step_begin(None, NS(global_step=0, max_steps=0), None)
     assert bare.reward_weights.tolist() == pytest.approx([0.2, 0.3, 0.4, 0.1])
 
+@pytest.mark.slow
 def test_trl_grpo_uses_curriculum_weights(tmp_path):
     """A real trl.GRPOTrainer, 3 steps on a tiny toy model (~15-30 s on CPU): at every reward computation
     trainer.reward_weights holds curriculum_weights(global_step / max_steps); the logs carry the same weights; and

@@ -3,10 +3,9 @@ import json, logging, os, shutil, sys, warnings
 from pathlib import Path
 import pytest
 from halluc.config import load_config, save_config
-from halluc.runs import (RunExistsError, create_run_dir, prepare_run_dir, write_run_info, mark_status, track_run,
-                         write_json_atomic, read_json, append_jsonl, read_jsonl, CorruptFileError, last_checkpoint,
-                         MetricsFile, load_run, compare_runs, list_runs, runs_main, plot_training, plot_accuracy,
-                         plot_bt_positions, bt_positions, render_backtracks, samples_table, plot_samples, PACKAGES)
+from halluc.runs import RunExistsError, create_run_dir, prepare_run_dir, write_run_info, mark_status, last_checkpoint, MetricsFile, PACKAGES
+from halluc.io import write_json_atomic, read_json, append_jsonl, read_jsonl, CorruptFileError
+from halluc.report import load_run, compare_runs, list_runs, runs_main, plot_training, plot_accuracy, plot_bt_positions, bt_positions, render_backtracks, samples_table, plot_samples
 import halluc.runs as runs
 
 
@@ -66,12 +65,14 @@ def test_run_info(tmp_path, monkeypatch):
 
 
 def test_status_and_peak_rss(tmp_path):
-    with track_run(tmp_path):
-        block = bytearray(64 * 2**20); block[::4096] = b"x" * len(block[::4096])
+    mark_status(tmp_path, "running")
+    block = bytearray(64 * 2**20); block[::4096] = b"x" * len(block[::4096])
+    mark_status(tmp_path, "finished")
     st = read_json(tmp_path / "status.json")
     assert st["status"] == "finished" and st["peak_rss_mb"] >= 64 and st["wall_seconds"] >= 0 and "ended" in st
-    with pytest.raises(KeyError):
-        with track_run(tmp_path): raise KeyError("boom")
+    mark_status(tmp_path, "running")
+    try: raise KeyError("boom")
+    except KeyError as e: mark_status(tmp_path, "failed", error=e)
     st = read_json(tmp_path / "status.json")
     assert st["status"] == "failed" and st["error"]["type"] == "KeyError" and "boom" in st["error"]["traceback"]
     assert st["attempts"] == 2 and st["peak_rss_mb"] > 0
@@ -106,7 +107,6 @@ def test_append_jsonl_after_torn_line(tmp_path):
 def test_metrics_rewind_with_fake_states(tmp_path):
     from transformers import TrainerState, TrainerControl
     ML = runs.MetricsLogger
-    assert ML is runs.JsonlMetricsCallback
     def train(start, stop, zero=True):
         cb, st = ML(tmp_path), TrainerState(global_step=start, is_world_process_zero=zero)
         cb.on_train_begin(None, st, TrainerControl())
@@ -123,6 +123,7 @@ def test_metrics_rewind_with_fake_states(tmp_path):
     assert [r["step"] for r in recs] == list(range(1, 13)) and recs[7]["loss"] == 1 / 8
 
 
+@pytest.mark.slow
 def test_metrics_resume_with_a_real_trainer(tmp_path):
     "Train 8 steps saving at 4 and 8, lose checkpoint-8 (the crash), resume: every step logged exactly once."
     import torch
@@ -171,7 +172,7 @@ def _fake_run(root, name, seed, em, converter="numeric", eval_json=None):
     save_config(cfg, d / "config.yaml"); write_run_info(d, cfg); mark_status(d, "running")
     for s in range(1, 6): append_jsonl(d / "metrics.jsonl", {"step": s, "loss": 1.0 / s, "learning_rate": 1e-4})
     write_json_atomic(d / "result.json", dict(kind="sft", train_loss=0.4, global_step=5, train_seconds=1.5,
-                      quick_eval=dict(n=20, exact_match=em, exact_match_raw=em - 0.05, bt_rate=1.5, share_with_bt=0.25)))
+                      quick_eval=dict(n=20, exact_match=em, counterfactual_exact_match=em - 0.05, bt_rate=1.5, share_with_bt=0.25)))
     if eval_json: write_json_atomic(d / "eval.json", eval_json)
     mark_status(d, "finished")
     return d
@@ -195,7 +196,7 @@ def test_compare_runs_table(three_runs):
     assert list(df.arm) == ["bt_sft", "bt_sft", "clean_sft"] and list(df.seed) == [0, 1, 0]
     assert list(df.converter) == ["numeric", "numeric", "clean"] and set(df.executor) == {"sft"}
     assert (df.status == "finished").all() and (df.steps == 5).all() and df.final_loss.tolist() == [0.2] * 3
-    assert df.exact_match.tolist() == [0.6, 0.7, 0.4] and df.exact_match_raw.round(2).tolist() == [0.55, 0.65, 0.35]
+    assert df.exact_match.tolist() == [0.6, 0.7, 0.4] and df.counterfactual_exact_match.round(2).tolist() == [0.55, 0.65, 0.35]
     assert df.recovery_rate.iloc[0] == 0.1 and df.harm_rate.iloc[0] == 0.02 and df["gsm8k_backtrack/exact_match_flexible"].iloc[0] == 0.05
     assert df.eval_task.iloc[0] == "toy_arithmetic_backtrack" and df.peak_rss_mb.notna().all()
     assert df.attrs["skipped"] == []
@@ -250,10 +251,12 @@ def test_plot_accuracy_error_bars(three_runs):
     assert fig.saved_to == png and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
     (eb,) = [c for c in fig.axes[0].containers if isinstance(c, ErrorbarContainer)]
     seg = eb.lines[2][0].get_segments()
-    assert abs((seg[0][1][1] - seg[0][0][1]) - 2 * df[df.arm == "bt_sft"].exact_match.std()) < 1e-9   # ± std over seeds
+    from halluc.measure import seed_summary
+    lo, hi = seed_summary(list(df[df.arm == "bt_sft"].exact_match))["ci95"]
+    assert abs((seg[0][1][1] - seg[0][0][1]) - (hi - lo)) < 1e-9                                       # the 95% CI over seeds
     assert seg[1][1][1] == seg[1][0][1]                                                               # one seed: no spread
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["bt_sft\n(n=2)", "clean_sft\n(n=1)"]
-    fig2 = plot_accuracy(df, metric=["exact_match", "exact_match_raw"], save_to=three_runs / "cmp.png")
+    fig2 = plot_accuracy(df, metric=["exact_match", "counterfactual_exact_match"], save_to=three_runs / "cmp.png")
     assert fig2.saved_to.exists() and len([c for c in fig2.axes[0].containers if isinstance(c, ErrorbarContainer)]) == 2
     with pytest.raises(ValueError, match="numeric columns"): plot_accuracy(df, metric="nope")
 

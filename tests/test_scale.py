@@ -20,6 +20,7 @@ def test_accelerate_config_loads(path):
         p = DeepSpeedPlugin(hf_ds_config=str(REPO / ds), zero3_init_flag=cfg.deepspeed_config.get("zero3_init_flag", False))
         assert p.zero_stage == json.loads((REPO / ds).read_text())["zero_optimization"]["stage"] == int(path.stem[-1])
 
+@pytest.mark.slow
 def test_slurm_script_parses():
     subprocess.run(["bash", "-n", str(REPO / "scripts" / "slurm_papermill.sh")], check=True)
 
@@ -58,6 +59,7 @@ def _check_run_folder(run):
 TINY = ["data.toy_n_train=64", "data.toy_n_test=8", "eval.limit=4", "eval.max_new_tokens=24", "trainer.logging_steps=1",
         "trainer.save_steps=100", "trainer.per_device_train_batch_size=4"]
 
+@pytest.mark.slow
 def test_two_process_sft_and_grpo_on_cpu(tmp_path):
     "accelerate launch --num_processes 2 --cpu (gloo): both ranks end with the same weights; only rank 0 writes the run folder."
     (tmp_path / "sft").mkdir(); (tmp_path / "grpo").mkdir()
