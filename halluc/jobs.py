@@ -226,7 +226,7 @@ def _comparisons(rows: dict[str, list], pairs=COMPARISONS) -> dict:
             out[f"{a}_vs_its_counterfactual"] = paired_comparison([r["right"] for r in rs], [r["counterfactual_right"] for r in rs])
     return out
 
-# %% ../nbs/15_jobs.ipynb #130fb1f4
+# %% ../nbs/15_jobs.ipynb #128fc158
 def _best_of_n(entries: dict, base: str = "clean_sft") -> dict:
     """Each BT arm at T=1 against `base`'s checked best-of-n (`halluc.measure.checked_pick`) at matched tokens:
     n = the BT arm's sampled tokens per problem over the base's, rounded, within 1 … k; means over seeds."""
@@ -258,7 +258,10 @@ def _report(out: Path, summary: dict, smoke: bool) -> dict:
     write_json_atomic(out / "summary.json", summary)
     table = _table(task["arms"])
     table.to_csv(out / "comparison.csv")
-    try: plot_accuracy(compare_runs(out), group_by="arm", metric="eval_exact_match_flexible", save_to=out / "accuracy.png")
+    try:
+        df = compare_runs(out)
+        df = df.iloc[sorted(range(len(df)), key=lambda i: ARMS.index(df.arm.iloc[i]) if df.arm.iloc[i] in ARMS else len(ARMS))]
+        plot_accuracy(df, group_by="arm", metric="eval_exact_match_flexible", save_to=out / "accuracy.png")
     except Exception as e: log.warning("no accuracy plot: %s", e)
     print("\n" + table.to_string())
     for name, c in task["comparisons"].items():

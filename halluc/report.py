@@ -13,16 +13,16 @@ import pandas as pd
 from .core import apply_backtracking, backtrack_roles, strip_bt
 from .config import ConfigError, yaml_load
 from .grading import answers_match, extract_answer
-from .io import CorruptFileError, read_json, write_atomic
-from .measure import seed_summary
+from .io import CorruptFileError, read_json, read_jsonl, write_atomic
+from .measure import paired_comparison, seed_summary
 from .runs import MetricsFile
 
 log = logging.getLogger("halluc.report")
 
 # %% auto #0
-__all__ = ['log', 'RUN_FILES', 'LIST_COLUMNS', 'find_runs', 'load_run', 'compare_runs', 'list_runs', 'format_runs', 'runs_main',
-           'save_figure', 'training_panels', 'plot_training', 'plot_accuracy', 'bt_positions', 'plot_bt_positions',
-           'render_backtracks', 'samples_table', 'plot_samples']
+__all__ = ['log', 'RUN_FILES', 'LIST_COLUMNS', 'find_runs', 'load_run', 'compare_runs', 'list_runs', 'format_runs', 'paired_runs',
+           'runs_main', 'save_figure', 'training_panels', 'plot_training', 'plot_accuracy', 'bt_positions',
+           'plot_bt_positions', 'render_backtracks', 'samples_table', 'plot_samples']
 
 # %% ../nbs/14_report.ipynb #8af129dc
 RUN_FILES = ("run.json", "status.json", "config.yaml", "result.json", "metrics.jsonl", "eval.json")
@@ -223,6 +223,27 @@ def format_runs(df: pd.DataFrame) -> str:
         text = show.to_string(index=False, na_rep="-", float_format=lambda x: f"{x:.4g}")
     for s in df.attrs.get("skipped", []): text += f"\nleft out {s['run']}: {s['file']}: {s['error']}"
     return text
+
+# %% ../nbs/14_report.ipynb #e177ace0
+def _sample_scores(run, task: str, metric: str) -> dict[str, float]:
+    "`{doc id: metric}` of a run's `samples_<task>.jsonl` (the run folder, or the folder holding the file)."
+    p = Path(run) / f"samples_{task}.jsonl"
+    if not p.is_file(): raise FileNotFoundError(f"{p} not found: evaluate the run first (halluc eval {run})")
+    rows, bad = read_jsonl(p)
+    if bad: raise CorruptFileError(f"{p}:{bad[0][0]}: not a JSON object")
+    out = {}
+    for r in rows:
+        if metric not in r: raise KeyError(f"{p}: no metric {metric!r} in its samples; metrics: {sorted(k for k in r if isinstance(r[k], (int, float)))}")
+        out[str((r.get("doc") or {}).get("id", r.get("doc_id")))] = float(r[metric])
+    return out
+
+def paired_runs(run_a, run_b, task: str = "toy_arithmetic_backtrack", metric: str = "exact_match_flexible", n_boot: int = 2000) -> dict:
+    "A − B on the problems both runs were evaluated on: `diff`, `ci95`, `p_value`, `n`, and `only_a` / `only_b` counts."
+    a, b = _sample_scores(run_a, task, metric), _sample_scores(run_b, task, metric)
+    shared = sorted(set(a) & set(b))
+    if not shared: raise ValueError(f"{run_a} and {run_b} share no {task} problems")
+    c = paired_comparison([a[i] > 0.5 for i in shared], [b[i] > 0.5 for i in shared], n_boot=n_boot)
+    return dict(c, only_a=len(set(a) - set(b)), only_b=len(set(b) - set(a)), task=task, metric=metric)
 
 # %% ../nbs/14_report.ipynb #975130bb
 def runs_main(argv: list[str] | None = None) -> int:
