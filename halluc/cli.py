@@ -50,7 +50,7 @@ def _eval_parser(sub):
                        description="Evaluate a saved model folder, a run folder, or the model of a YAML config on halluc tasks.")
     e.add_argument("target", help="model folder, run folder, or YAML config")
     e.add_argument("overrides", nargs="*", help="overrides for a YAML config")
-    e.add_argument("--tasks", nargs="+", help="toy_arithmetic_backtrack, gsm8k_backtrack, gsm8k_backtrack_cot_8shot")
+    e.add_argument("--tasks", nargs="+", help="toy_arithmetic_backtrack, toy_target_backtrack, gsm8k_backtrack, gsm8k_backtrack_cot_8shot")
     e.add_argument("--limit", type=int); e.add_argument("--batch-size", type=int, default=16)
     e.add_argument("--output-dir", help="where eval.json goes (default: the run folder)")
     e.add_argument("--gsm8k-path", help="local GSM8K test jsonl (default: $GSM8K_DIR/test.jsonl or the Hub)")

@@ -6,7 +6,7 @@ Docs: https://halluc.github.io/halluc/data.html.md"""
 
 # %% ../nbs/06_data.ipynb #c011026d
 from __future__ import annotations
-import hashlib, json, logging, random, re
+import hashlib, json, logging, math, random, re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable
@@ -14,7 +14,7 @@ from .core import apply_backtracking
 from .config import CONVERTERS as CONVERTER_NAMES, CONVERTER_PARAMS
 from .grading import (ANSWER_PREFIX, NUMBER_RE, answer_lines, claim_span, extract_answer, find_steps, normalize_number,
                             safe_eval, simple_operands)
-from .toy import arithmetic_records
+from .toy import arithmetic_records, parse_target_question, target_records
 
 log = logging.getLogger("halluc.data")
 
@@ -23,7 +23,8 @@ __all__ = ['log', 'INSTRUCTION', 'CONVERTERS', 'MISTAKES', 'normalize_question',
            'Records', 'load_records', 'LeakageError', 'check_no_leakage', 'format_messages', 'format_prompt',
            'format_target', 'Encoded', 'encode_records', 'ConvertParams', 'register_converter', 'get_converter',
            'convert_clean', 'random_mistakes', 'convert_random', 'near_misses', 'numeric_mistakes', 'convert_numeric',
-           'example_rng', 'make_example', 'build_sft_dataset', 'propagate_mistake', 'dpo_pairs', 'grpo_view']
+           'search_proposals', 'convert_search', 'example_rng', 'make_example', 'build_sft_dataset',
+           'propagate_mistake', 'dpo_pairs', 'grpo_view']
 
 # %% ../nbs/06_data.ipynb #343eece6
 _CALC = re.compile(r"<<[^>]*>>")
@@ -97,11 +98,12 @@ def _parse_row(row, i: int, where: str, question_field: str, answer_field: str) 
 def load_records(source: str, split: str = "train", question_field: str = "question", answer_field: str = "answer",
                  on_bad_record: str = "error", max_records: int | None = None, hub_config: str | None = None,
                  toy_difficulty: int = 2, toy_n: int | None = None, seed: int = 0) -> Records:
-    "Records `id, question, solution, final` from `'toy'`, a `.jsonl` file, a folder with `{split}.jsonl`, or a Hub name."
+    "Records `id, question, solution, final` from `'toy'` (arithmetic), `'toy_target'` (the control task), a `.jsonl` file, a folder with `{split}.jsonl`, or a Hub name."
     if on_bad_record not in ("error", "skip"): raise ValueError(f"on_bad_record must be 'error' or 'skip', got {on_bad_record!r}")
-    if source == "toy":
+    if source in ("toy", "toy_target"):
         n = toy_n if toy_n is not None else (max_records or (8000 if split == "train" else 200))
-        return Records(arithmetic_records(n, seed=seed, difficulty=toy_difficulty, split=split), "toy", split)
+        make = arithmetic_records if source == "toy" else target_records
+        return Records(make(n, seed=seed, difficulty=toy_difficulty, split=split), source, split)
     p = Path(source).expanduser()
     if p.is_dir(): p = p / f"{split}.jsonl"
     local = p.suffix in (".jsonl", ".json") or p.exists()
@@ -316,6 +318,33 @@ def convert_numeric(enc: Encoded, tokenizer, rng: random.Random, params: Convert
     inserts = numeric_mistakes(enc, tokenizer, rng, params)
     if not inserts: return convert_clean(enc, tokenizer, rng, params)
     return _insert(enc.completion_ids, [(i, e) for i, _, e in inserts], params.bt_id)
+
+# %% ../nbs/06_data.ipynb #3862be46
+def search_proposals(numbers: list[int], target: int, rng: random.Random, n: int) -> list[tuple[int, int]]:
+    "Up to `n` distinct wrong pairs `(a, b)` of `numbers`, near-target sums more likely, in the order drawn."
+    pairs = [(a, b) for i, a in enumerate(numbers) for b in numbers[i + 1:] if a + b != target]
+    scale = max(1.0, max(numbers) / 4)
+    out = []
+    while pairs and len(out) < n:
+        w = [math.exp(-abs(a + b - target) / scale) for a, b in pairs]
+        k = rng.choices(range(len(pairs)), weights=w)[0]
+        a, b = pairs.pop(k)
+        out.append((a, b) if rng.random() < 0.5 else (b, a))
+    return out
+
+@register_converter("search")
+def convert_search(enc: Encoded, tokenizer, rng: random.Random, params: ConvertParams):
+    "With probability `ratio`: 1 to `num_errors` failed attempts (true sums), each deleted whole by BTs, then the solution."
+    parsed = parse_target_question(enc.record["question"])
+    if parsed is None:
+        raise BadRecord(f"record {enc.record['id']}: the 'search' converter needs a target problem (halluc.toy.target_records)")
+    if rng.random() >= params.ratio: return convert_clean(enc, tokenizer, rng, params)
+    nums, target = parsed
+    segs = []
+    for a, b in search_proposals(nums, target, rng, rng.randint(1, max(1, params.num_errors))):
+        ids = tokenizer.backend_tokenizer.encode(f"{a} + {b} = {a + b}\n", add_special_tokens=False).ids
+        segs += [(ids, "error"), ([params.bt_id] * len(ids), "bt")]
+    return segs + [(list(enc.completion_ids), "ok")]
 
 # %% ../nbs/06_data.ipynb #cadd1362
 MISTAKES = {"numeric": numeric_mistakes, "random": random_mistakes}

@@ -21,17 +21,18 @@ from .data import format_prompt, format_target, load_records
 from .grading import answers_match, extract_answer
 from .generate import continue_completions
 from .io import write_json_atomic, write_jsonl_atomic, write_text_atomic
-from .measure import bt_runs, bt_summary, first_bt_prefix
+from .measure import bt_runs, bt_summary, first_bt_prefix, is_right
+from .toy import parse_target_question
 from .patcher import load_backtrack_model
 
 log = logging.getLogger("halluc.evaluation")
 
 # %% auto #0
 __all__ = ['log', 'HUB_GSM8K', 'GSM8K_COT_EXEMPLARS', 'COT_PREFIX', 'PAYLOAD_KEY', 'METRICS', 'HALLUC_TASKS', 'UTILS_PY',
-           'resolve_gsm8k_path', 'gsm8k_dataset', 'gsm8k_cot_dataset', 'toy_dataset', 'doc_to_text_zeroshot',
-           'doc_to_text_cot', 'make_payload', 'parse_payload', 'per_100_tokens', 'ratio', 'rouge_l', 'score_text',
-           'process_results', 'HFBacktrackLM', 'package_task_dir', 'task_yaml', 'write_task_files', 'task_dir',
-           'summarize', 'evaluate', 'lm_eval_main', 'print_include_path', 'main']
+           'resolve_gsm8k_path', 'gsm8k_dataset', 'gsm8k_cot_dataset', 'toy_dataset', 'toy_target_dataset',
+           'doc_to_text_zeroshot', 'doc_to_text_cot', 'make_payload', 'parse_payload', 'per_100_tokens', 'ratio',
+           'rouge_l', 'score_text', 'process_results', 'HFBacktrackLM', 'package_task_dir', 'task_yaml',
+           'write_task_files', 'task_dir', 'summarize', 'evaluate', 'lm_eval_main', 'print_include_path', 'main']
 
 # %% ../nbs/13_eval.ipynb #eca17dd8
 HUB_GSM8K = "openai/gsm8k"
@@ -73,6 +74,12 @@ def gsm8k_cot_dataset(gsm8k_path=None, **_):
 def toy_dataset(toy_difficulty=2, toy_n=200, toy_seed=0, **_):
     "lm-eval `custom_dataset`: `halluc.toy.arithmetic_records(toy_n, toy_seed, toy_difficulty, split='test')`."
     recs = load_records("toy", "test", toy_difficulty=int(toy_difficulty), toy_n=int(toy_n), seed=int(toy_seed))
+    return _dataset(recs, "format_prompt")
+
+# %% ../nbs/13_eval.ipynb #f5ed5dcd
+def toy_target_dataset(toy_difficulty=2, toy_n=200, toy_seed=0, **_):
+    "lm-eval `custom_dataset`: the control task, `halluc.toy.target_records(toy_n, toy_seed, toy_difficulty, split='test')`."
+    recs = load_records("toy_target", "test", toy_difficulty=int(toy_difficulty), toy_n=int(toy_n), seed=int(toy_seed))
     return _dataset(recs, "format_prompt")
 
 # %% ../nbs/13_eval.ipynb #a040353c
@@ -161,15 +168,15 @@ def rouge_l(pred: str, ref: str) -> float:
 
 # %% ../nbs/13_eval.ipynb #9388efac
 def score_text(text: str, gold, reference: str = "", n_bt: int = 0, n_wasted: int = 0, n_tokens: int = 0,
-               counterfactual: str | None = None, runs: dict | None = None) -> dict:
+               counterfactual: str | None = None, runs: dict | None = None, judge=None) -> dict:
     """All per-sample metrics of one completion (post-backtrack `text`) against `gold`; `counterfactual`: the text of the
     BT-banned continuation from before the first BT (None: no BT, the completion is its own); `runs`: its `bt_summary`."""
     flex, strict = extract_answer(text), extract_answer(text, strict=True)
-    ok = answers_match(flex, gold)
-    cf_ok = ok if counterfactual is None else answers_match(extract_answer(counterfactual), gold)
+    ok = answers_match(flex, gold) if judge is None else judge(text)
+    cf_ok = ok if counterfactual is None else (answers_match(extract_answer(counterfactual), gold) if judge is None else judge(counterfactual))
     r = runs or dict(n_error=0, n_false=0, n_exact=0, n_judged_exact=0)
     judged = r["n_error"] + r["n_false"]
-    return dict(exact_match_flexible=int(ok), exact_match_strict=int(answers_match(strict, gold)),
+    return dict(exact_match_flexible=int(ok), exact_match_strict=int(answers_match(strict, gold) if judge is None else ok and strict is not None),
                 counterfactual_exact_match=int(cf_ok), recovery_rate=int(ok and not cf_ok), harm_rate=int(cf_ok and not ok),
                 bt_rate=[int(n_bt), int(n_tokens)], wasted_bt_rate=[int(n_wasted), int(n_tokens)], share_with_bt=int(n_bt > 0),
                 bt_precision=[r["n_error"], judged], false_bt_rate=[r["n_false"], judged],
@@ -182,8 +189,9 @@ def process_results(doc: dict, results: list) -> dict:
     "lm-eval `process_results` of every halluc task: parse the payload (or bare text), score it against `doc['final']`."
     p = parse_payload(results)
     ref = format_target(doc.get("solution") or "", str(doc["final"]))
+    judge = (lambda t: is_right(t, doc)) if parse_target_question(doc.get("question") or "") else None   # the control task's verifier
     return score_text(p["text"], doc["final"], ref, p.get("n_bt", 0), p.get("n_wasted", 0), p.get("n_tokens", 0),
-                      p.get("counterfactual"), p.get("bt_runs"))
+                      p.get("counterfactual"), p.get("bt_runs"), judge)
 
 # %% ../nbs/13_eval.ipynb #e9422c27
 _WARNED: set = set()
@@ -408,6 +416,9 @@ HALLUC_TASKS = {
     "toy_arithmetic_backtrack": dict(loader="toy_dataset", doc_to_text="doc_to_text_zeroshot", until=[], max_gen_toks=128,
                                      metadata=dict(toy_difficulty=2, toy_n=200, toy_seed=0),
                                      about="halluc.toy.arithmetic_records(200, seed=0, difficulty=2, split='test'), zero-shot"),
+    "toy_target_backtrack": dict(loader="toy_target_dataset", doc_to_text="doc_to_text_zeroshot", until=[], max_gen_toks=128,
+                                 metadata=dict(toy_difficulty=2, toy_n=200, toy_seed=0),
+                                 about="the control task, halluc.toy.target_records(200, seed=0, difficulty=2, split='test'), zero-shot; exact match = solved (halluc.toy.target_solved)"),
 }
 "The halluc lm-eval tasks: name -> spec (custom_dataset loader, prompt, stop sequences, token budget, metadata defaults)."
 
@@ -418,6 +429,7 @@ import halluc.evaluation as _ev  # importing it also registers the `hf-backtrack
 gsm8k_dataset = _ev.gsm8k_dataset
 gsm8k_cot_dataset = _ev.gsm8k_cot_dataset
 toy_dataset = _ev.toy_dataset
+toy_target_dataset = _ev.toy_target_dataset
 doc_to_text_zeroshot = _ev.doc_to_text_zeroshot
 doc_to_text_cot = _ev.doc_to_text_cot
 process_results = _ev.process_results

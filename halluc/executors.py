@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy, functools, json, logging, os, re, time
 from pathlib import Path
 import torch
-from .config import Config, ConfigError, Problem, EXECUTORS as EXECUTOR_NAMES
+from .config import Config, ConfigError, Problem, EXECUTORS as EXECUTOR_NAMES, TOY_SOURCES
 from .core import apply_backtracking
 from .io import write_json_atomic
 from .toy import make_toy
@@ -167,10 +167,10 @@ def _wrap_peft(model, L, bt_id: int):
 def _train_eval_records(d):
     "`(train, eval)` records of the `data` section `d`, checked for leakage."
     common = dict(question_field=d.question_field, answer_field=d.answer_field, on_bad_record=d.on_bad_record, toy_difficulty=d.toy_difficulty, seed=d.seed)
-    train = load_records(d.source, d.split, max_records=d.max_records, toy_n=d.toy_n_train if d.source == "toy" else None, **common)
+    train = load_records(d.source, d.split, max_records=d.max_records, toy_n=d.toy_n_train if d.source in TOY_SOURCES else None, **common)
     evs = d.eval_source or d.source
     # the toy test split is the same for every seed (seed 0, as the lm-eval task), so seeds compare
-    ev = load_records(evs, d.eval_split, toy_n=d.toy_n_test if evs == "toy" else None, **{**common, "seed": 0 if evs == "toy" else d.seed})
+    ev = load_records(evs, d.eval_split, toy_n=d.toy_n_test if evs in TOY_SOURCES else None, **{**common, "seed": 0 if evs in TOY_SOURCES else d.seed})
     check_no_leakage(train, ev)
     return train, ev
 

@@ -12,12 +12,13 @@ import torch
 from .core import apply_backtracking, backtrack_edits
 from .data import ConvertParams, encode_records, example_rng, format_target, numeric_mistakes
 from .generate import continue_completions, generate_batch, generate_completions
+from .toy import parse_target_question, target_solved
 from .grading import answer_lines, answers_match, check_steps, extract_answer, find_steps, normalize_number
 
 # %% auto #0
 __all__ = ['BTRun', 'bt_runs', 'bt_summary', 'precision_metrics', 'first_bt_prefix', 'recovery_harm', 'mcnemar_p',
-           'paired_comparison', 'seed_summary', 'auroc', 'bt_prob_after', 'bt_detection_auroc', 'score_completions',
-           'counterfactual_completions', 'checked_pick', 'evaluate_completions']
+           'paired_comparison', 'seed_summary', 'auroc', 'bt_prob_after', 'bt_detection_auroc', 'is_right',
+           'score_completions', 'counterfactual_completions', 'self_check', 'checked_pick', 'evaluate_completions']
 
 # %% ../nbs/08_measure.ipynb #37f1f7ae
 class BTRun(NamedTuple):
@@ -217,13 +218,20 @@ def bt_detection_auroc(model, tokenizer, bt_id: int, records: list[dict], max_ne
                 n_own_right=len(right), n_injected=len(injected), p_bt_own_wrong=mean(wrong), p_bt_own_right=mean(right),
                 p_bt_injected=mean(injected), p_bt_reference=mean(reference), n_records=len(records))
 
+# %% ../nbs/08_measure.ipynb #61de71a3
+def is_right(text: str, rec: dict) -> bool:
+    "Is the post-backtrack `text` right for record `rec`: the control task's verifier (`halluc.toy.target_solved`), else the answer matches `final`."
+    parsed = parse_target_question(rec.get("question") or "")
+    if parsed is not None: return target_solved(text, *parsed)
+    return answers_match(extract_answer(text), rec["final"])
+
 # %% ../nbs/08_measure.ipynb #e1f147c6
 def _row(tokenizer, bt_id, rec, ids, cf, finished, checkable) -> dict:
     "One problem's result: right after BTs, its counterfactual, and what its BT runs deleted."
     dec = lambda x: tokenizer.decode(x, skip_special_tokens=True)
-    right = answers_match(extract_answer(dec(apply_backtracking(ids, bt_id))), rec["final"])
+    right = is_right(dec(apply_backtracking(ids, bt_id)), rec)
     has_bt = bt_id in ids
-    cf_right = right if not has_bt else (None if cf is None else answers_match(extract_answer(dec(cf)), rec["final"]))
+    cf_right = right if not has_bt else (None if cf is None else is_right(dec(cf), rec))
     ref = format_target(rec["solution"], rec["final"]) if rec.get("solution") else None
     runs = bt_runs(ids, bt_id, dec, rec["final"], ref, checkable) if has_bt else []
     return dict(id=rec["id"], right=right, counterfactual_right=cf_right, n_bt=list(ids).count(bt_id), n_tokens=len(ids),
@@ -262,15 +270,21 @@ def counterfactual_completions(model, tokenizer, bt_id: int, records: list[dict]
     for (i, _), (ids, _) in zip(todo, res): out[i] = ids
     return out
 
-# %% ../nbs/08_measure.ipynb #1d73b22b
-def checked_pick(texts: list[str]) -> str:
-    "The first of `texts` with an answer line and every step right (at least one), else the first."
+# %% ../nbs/08_measure.ipynb #7b6ec682
+def self_check(text: str, rec: dict | None = None) -> bool:
+    "What a model could check on its own text, without the gold answer: the control task's verifier, else an answer line and every step right."
+    parsed = parse_target_question((rec or {}).get("question") or "")
+    if parsed is not None: return target_solved(text, *parsed)
+    ok, n = check_steps(text)
+    return bool(n) and ok == n and extract_answer(text, strict=True) is not None
+
+def checked_pick(texts: list[str], rec: dict | None = None) -> str:
+    "The first of `texts` that passes `self_check`, else the first."
     for t in texts:
-        ok, n = check_steps(t)
-        if n and ok == n and extract_answer(t, strict=True) is not None: return t
+        if self_check(t, rec): return t
     return texts[0] if texts else ""
 
-# %% ../nbs/08_measure.ipynb #14289d84
+# %% ../nbs/08_measure.ipynb #61a8e95c
 def _majority(answers: list) -> str | None:
     "The most common non-None answer (ties: the first seen)."
     seen = [a for a in answers if a is not None]
@@ -299,8 +313,9 @@ def evaluate_completions(model, tokenizer, bt_id: int, records: list[dict], max_
     answers = [[extract_answer(dec(x["completions"][i])) for x in samples] for i in range(len(records))]
     pass_k = sum(any(x["rows"][i]["right"] for x in samples) for i in range(len(records))) / len(records)
     maj_k = sum(answers_match(_majority(a), r["final"]) for a, r in zip(answers, records)) / len(records)
+    if any(parse_target_question(r.get("question") or "") for r in records): maj_k = None   # the control task's answer line is the target
     texts = [[dec(x["completions"][i]) for x in samples] for i in range(len(records))]
-    checked = [sum(answers_match(extract_answer(checked_pick(t[:n])), r["final"]) for t, r in zip(texts, records)) / len(records)
+    checked = [sum(is_right(checked_pick(t[:n], r), r) for t, r in zip(texts, records)) / len(records)
                for n in range(1, num_samples + 1)]
     return dict(metrics=mean, samples=samples, pass_at_k=pass_k, maj_at_k=maj_k, checked_at_n=checked, k=num_samples, temperature=temperature,
                 seconds_generate=t_gen, seconds_counterfactual=t_cf,

@@ -12,9 +12,11 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, decoders, processors
 from transformers import PreTrainedTokenizerFast
 from .config import TOY_DIFFICULTIES, TOY_MODELS, parse_toy_name
+from .grading import find_steps, normalize_number, simple_operands
 
 # %% auto #0
-__all__ = ['DIFFICULTIES', 'LLAMA_SPECIALS', 'QWEN_SPECIALS', 'QWEN_CHAT_TEMPLATE', 'PRESETS', 'arithmetic_records',
+__all__ = ['DIFFICULTIES', 'TARGET_DIFFICULTIES', 'LLAMA_SPECIALS', 'QWEN_SPECIALS', 'QWEN_CHAT_TEMPLATE', 'PRESETS',
+           'arithmetic_records', 'target_question', 'parse_target_question', 'target_records', 'target_solved',
            'make_tokenizer', 'make_model', 'make_toy']
 
 # %% ../nbs/04_toy.ipynb #eeb8cf3e
@@ -73,6 +75,63 @@ def arithmetic_records(n: int, seed: int = 0, difficulty: int = 2, split: str = 
         out.append(dict(id="toy-" + hashlib.sha1(q.encode()).hexdigest()[:12], question=q, solution=sol, final=str(final),
                         answer=f"{sol}\n#### {final}"))
     return out
+
+# %% ../nbs/04_toy.ipynb #cc5fb9ae
+TARGET_DIFFICULTIES = {1: (4, 9), 2: (5, 19), 3: (6, 29)}
+"difficulty -> (how many numbers, the largest one)"
+_TARGET_Q = re.compile(r"Numbers: ((?:\d+ )*\d+)\. Target: (\d+)\.")
+
+def target_question(numbers: list[int], target: int) -> str:
+    "The question text of a target problem."
+    return f"Numbers: {' '.join(map(str, numbers))}. Target: {target}. Pick two of the numbers that add up to the target."
+
+def parse_target_question(question: str) -> tuple[list[int], int] | None:
+    "`(numbers, target)` of a target question, or None for any other text."
+    m = _TARGET_Q.search(question)
+    return ([int(x) for x in m.group(1).split()], int(m.group(2))) if m else None
+
+# %% ../nbs/04_toy.ipynb #b8062f4f
+def _target_problem(rng: random.Random, difficulty: int) -> tuple[list[int], int, tuple[int, int]]:
+    "Distinct numbers, a target, and the one pair that reaches it."
+    k, hi = TARGET_DIFFICULTIES[difficulty]
+    while True:
+        nums = rng.sample(range(1, hi + 1), k)
+        i, j = sorted(rng.sample(range(k), 2))
+        target = nums[i] + nums[j]
+        if sum(a + b == target for x, a in enumerate(nums) for b in nums[x + 1:]) == 1: return nums, target, (nums[i], nums[j])
+
+def target_records(n: int, seed: int = 0, difficulty: int = 2, split: str = "train") -> list[dict]:
+    "`n` distinct target problems of `split` (`train`|`test`), deterministic for a seed."
+    if split not in ("train", "test"): raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if difficulty not in TARGET_DIFFICULTIES: raise ValueError(f"difficulty must be one of {sorted(TARGET_DIFFICULTIES)}, got {difficulty!r}")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0: raise ValueError(f"n must be a non-negative int, got {n!r}")
+    rng, out, seen, tries = random.Random(f"target-{seed}-{split}-{difficulty}"), [], set(), 0
+    while len(out) < n:
+        tries += 1
+        if tries > 50 * n + 1000:
+            raise ValueError(f"could only make {len(out)} distinct {split} target problems at difficulty {difficulty}; ask for fewer")
+        nums, target, (a, b) = _target_problem(rng, difficulty)
+        q = target_question(nums, target)
+        if q in seen or _split_of(q) != split: continue
+        seen.add(q)
+        sol = f"{a} + {b} = {target}"
+        out.append(dict(id="target-" + hashlib.sha1(q.encode()).hexdigest()[:12], question=q, solution=sol, final=str(target),
+                        answer=f"{sol}\n#### {target}", numbers=nums, target=target))
+    return out
+
+# %% ../nbs/04_toy.ipynb #38827199
+def target_solved(text: str, numbers: list[int], target: int) -> bool:
+    "Does `text` (after backtracking) solve the target problem `(numbers, target)`?"
+    steps = find_steps(text) if isinstance(text, str) else []
+    if not steps or not all(s.ok for s in steps): return False
+    ops = simple_operands(steps[-1])
+    if ops is None or ops[1] != "+" or normalize_number(steps[-1].claimed) != str(target): return False
+    pool = list(numbers)
+    for x in (ops[0], ops[2]):
+        v = normalize_number(x)
+        if v is None or not v.isdigit() or int(v) not in pool: return False
+        pool.remove(int(v))
+    return True
 
 # %% ../nbs/04_toy.ipynb #a699c378
 LLAMA_SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",

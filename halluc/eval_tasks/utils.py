@@ -4,6 +4,7 @@ import halluc.evaluation as _ev  # importing it also registers the `hf-backtrack
 gsm8k_dataset = _ev.gsm8k_dataset
 gsm8k_cot_dataset = _ev.gsm8k_cot_dataset
 toy_dataset = _ev.toy_dataset
+toy_target_dataset = _ev.toy_target_dataset
 doc_to_text_zeroshot = _ev.doc_to_text_zeroshot
 doc_to_text_cot = _ev.doc_to_text_cot
 process_results = _ev.process_results

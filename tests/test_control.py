@@ -1,0 +1,92 @@
+"""The control task (reach a target): the records, the verifier, and the search-trace converter."""
+import random
+import pytest
+from hypothesis import given, settings, strategies as st
+from halluc.core import apply_backtracking
+from halluc.config import load_config
+from halluc.data import build_sft_dataset, encode_records, load_records, make_example, example_rng, ConvertParams, convert_search
+from halluc.patcher import add_backtrack_token
+from halluc.toy import make_tokenizer, target_records, target_solved, TARGET_DIFFICULTIES
+
+
+@pytest.fixture(scope="module")
+def tok_bt():
+    tok = make_tokenizer("llama"); return tok, add_backtrack_token(tok)
+
+
+@pytest.mark.parametrize("difficulty", sorted(TARGET_DIFFICULTIES))
+def test_records_have_one_solution_and_the_verifier_accepts_it(difficulty):
+    for split in ("train", "test"):
+        recs = target_records(300, seed=3, difficulty=difficulty, split=split)
+        for r in recs:
+            nums, t = r["numbers"], r["target"]
+            assert len(set(nums)) == len(nums) == TARGET_DIFFICULTIES[difficulty][0]
+            assert sum(a + b == t for i, a in enumerate(nums) for b in nums[i + 1:]) == 1
+            assert target_solved(r["solution"] + "\nThe answer is: " + r["final"], nums, t)
+    assert not {r["question"] for r in target_records(300, 3, difficulty)} & {r["question"] for r in target_records(300, 3, difficulty, "test")}
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 10_000), st.sampled_from(["sum", "number", "twice", "op", "target"]))
+def test_the_verifier_rejects_corrupted_solutions(seed, how):
+    r = target_records(1, seed=seed)[0]
+    nums, t = r["numbers"], r["target"]
+    a, b = (int(x) for x in r["solution"].split(" = ")[0].split(" + "))
+    c = next(x for x in range(1, 1000) if x not in nums)           # a number that is not in the list
+    text, target = {"sum": (f"{a} + {b} = {t + 1}", t + 1),        # the arithmetic is wrong (claims the target + 1)
+                    "number": (f"{a} + {c} = {a + c}", a + c),     # uses a number that is not listed
+                    "twice": (f"{a} + {a} = {2 * a}", 2 * a),      # uses a number twice
+                    "op": (f"{a} * {b} = {a * b}", a * b),         # not a sum
+                    "target": (f"{a} + {b} = {t}", t + 1)}[how]    # the right pair, another target
+    assert not target_solved(text, nums, target)
+    assert target_solved(f"{a} + {b} = {t}", nums, t)
+
+@pytest.mark.parametrize("mask", [True, False])
+def test_search_traces_backtrack_to_the_optimal_path(tok_bt, mask):
+    "On every generated record: the post-backtrack completion is the optimal-path solution, token for token; attempts honest."
+    tok, bt = tok_bt
+    recs = target_records(2000, seed=0)
+    ds = build_sft_dataset(recs, tok, bt, "search", {"num_errors": 4, "ratio": 1.0}, mask_errors=mask, max_length=None)
+    clean = {e.record["id"]: e for e in encode_records(recs, tok)}
+    n_att = 0
+    for ex in ds:
+        e = clean[ex["id"]]
+        comp = ex["input_ids"][ex["prompt_len"]:]
+        assert apply_backtracking(comp, bt) == e.completion_ids
+        masked = [l == -100 for l in ex["labels"][ex["prompt_len"]:]]
+        assert any(masked) == mask and ex["n_bt"] > 0
+        n_att += ex["n_errors"]
+    assert len(ds) == 2000 and 2000 <= n_att <= 8000
+    # the attempts are honest: each deleted line is `a + b = a+b` with a, b from the list, never the solution
+    e = clean[recs[0]["id"]]
+    for seed in range(50):
+        segs = convert_search(e, tok, random.Random(seed), ConvertParams(bt_id=bt, num_errors=4))
+        for ids, kind in segs:
+            if kind != "error": continue
+            line = tok.decode(ids)
+            (a, b), s = (int(x) for x in line.split(" = ")[0].split(" + ")), int(line.split(" = ")[1])
+            assert a + b == s != recs[0]["target"] and a in recs[0]["numbers"] and b in recs[0]["numbers"] and a != b
+
+
+def test_config_and_loader(tok_bt):
+    cfg = load_config(None, ["data.source=toy_target", "data.converter=search", "data.toy_difficulty=3"])
+    recs = load_records(cfg.data.source, "test", toy_n=5, toy_difficulty=cfg.data.toy_difficulty)
+    assert recs.source == "toy_target" and all(r["id"].startswith("target-") for r in recs)
+    with pytest.raises(ValueError, match="difficulty"): load_records("toy_target", toy_n=2, toy_difficulty=6)
+    tok, bt = tok_bt
+    with pytest.raises(Exception, match="target problem"):
+        make_example(encode_records(load_records("toy", max_records=1), tok)[0], tok, "search", example_rng(0, "x"), ConvertParams(bt_id=bt))
+
+
+@pytest.mark.slow
+def test_search_sft_trains_and_is_scored_by_the_verifier(tmp_path):
+    "SFT on search traces through the executor, quick-evaluated with the control task's verifier (not the answer line)."
+    from halluc.executors import executor_for
+    cfg = load_config(None, ["data.source=toy_target", "data.converter=search", "data.toy_n_train=32", "data.toy_n_test=4",
+                             "data.converter_params.num_errors=2", "trainer.max_steps=2", "trainer.per_device_train_batch_size=8",
+                             "trainer.save_steps=2", "trainer.activation_checkpointing=false", "eval.max_new_tokens=24",
+                             f"run.root={tmp_path}", "run.name=search"])
+    res = executor_for(cfg).run()
+    q = res["quick_eval"]
+    assert res["global_step"] == 2 and q["n"] == 4 and 0 <= q["exact_match"] <= 1
+    assert q["exact_match"] - q["counterfactual_exact_match"] == pytest.approx(q["recovery_rate"] - q["harm_rate"])
