@@ -21,9 +21,9 @@ log = logging.getLogger("halluc.data")
 # %% auto #0
 __all__ = ['log', 'INSTRUCTION', 'CONVERTERS', 'MISTAKES', 'normalize_question', 'record_id', 'BadRecord', 'parse_gsm8k_answer',
            'Records', 'load_records', 'LeakageError', 'check_no_leakage', 'format_messages', 'format_prompt',
-           'format_target', 'Encoded', 'encode_records', 'ConvertParams', 'register_converter', 'get_converter',
-           'convert_clean', 'random_mistakes', 'convert_random', 'near_misses', 'numeric_mistakes', 'convert_numeric',
-           'search_proposals', 'convert_search', 'example_rng', 'make_example', 'build_sft_dataset',
+           'format_target', 'Encoded', 'encode_prompts', 'encode_records', 'ConvertParams', 'register_converter',
+           'get_converter', 'convert_clean', 'random_mistakes', 'convert_random', 'near_misses', 'numeric_mistakes',
+           'convert_numeric', 'search_proposals', 'convert_search', 'example_rng', 'make_example', 'build_sft_dataset',
            'propagate_mistake', 'dpo_pairs', 'grpo_view']
 
 # %% ../nbs/06_data.ipynb #343eece6
@@ -172,16 +172,19 @@ class Encoded:
     offsets: list[tuple[int, int]]
 
 # %% ../nbs/06_data.ipynb #89c0b111
-def encode_records(records: list[dict], tokenizer) -> list[Encoded]:
-    "Tokenise prompts and clean completions of `records` in one batch each."
+def encode_prompts(questions: list[str], tokenizer) -> list[list[int]]:
+    "The prompt ids of `questions`, as training and generation see them (one batch)."
     if not getattr(tokenizer, "is_fast", False): raise ValueError("halluc.data needs a fast tokenizer (offset mapping)")
-    prompts = [format_prompt(r["question"], tokenizer) for r in records]
-    targets = [format_target(r["solution"], r["final"]) for r in records]
     # a chat template already carries its special tokens; a plain prompt gets BOS as the model expects
     add_special = not getattr(tokenizer, "chat_template", None)
     bk = tokenizer.backend_tokenizer  # the Rust tokenizer: same ids, without the per-call Python overhead
-    P = [e.ids for e in bk.encode_batch(prompts, add_special_tokens=add_special)]
-    C = bk.encode_batch(targets, add_special_tokens=False)
+    return [e.ids for e in bk.encode_batch([format_prompt(q, tokenizer) for q in questions], add_special_tokens=add_special)]
+
+def encode_records(records: list[dict], tokenizer) -> list[Encoded]:
+    "Tokenise prompts and clean completions of `records` in one batch each."
+    P = encode_prompts([r["question"] for r in records], tokenizer)
+    targets = [format_target(r["solution"], r["final"]) for r in records]
+    C = tokenizer.backend_tokenizer.encode_batch(targets, add_special_tokens=False)
     eos = tokenizer.eos_token_id
     if eos is None: raise ValueError("the tokenizer has no eos_token; set one so completions can end")
     return [Encoded(r, p, t, c.ids + [eos], c.offsets + [(len(t), len(t))])
@@ -319,7 +322,7 @@ def convert_numeric(enc: Encoded, tokenizer, rng: random.Random, params: Convert
     if not inserts: return convert_clean(enc, tokenizer, rng, params)
     return _insert(enc.completion_ids, [(i, e) for i, _, e in inserts], params.bt_id)
 
-# %% ../nbs/06_data.ipynb #3862be46
+# %% ../nbs/06_data.ipynb #f9821f4f
 def search_proposals(numbers: list[int], target: int, rng: random.Random, n: int) -> list[tuple[int, int]]:
     "Up to `n` distinct wrong pairs `(a, b)` of `numbers`, near-target sums more likely, in the order drawn."
     pairs = [(a, b) for i, a in enumerate(numbers) for b in numbers[i + 1:] if a + b != target]

@@ -76,7 +76,7 @@ def toy_dataset(toy_difficulty=2, toy_n=200, toy_seed=0, **_):
     recs = load_records("toy", "test", toy_difficulty=int(toy_difficulty), toy_n=int(toy_n), seed=int(toy_seed))
     return _dataset(recs, "format_prompt")
 
-# %% ../nbs/13_eval.ipynb #f5ed5dcd
+# %% ../nbs/13_eval.ipynb #82bfbe00
 def toy_target_dataset(toy_difficulty=2, toy_n=200, toy_seed=0, **_):
     "lm-eval `custom_dataset`: the control task, `halluc.toy.target_records(toy_n, toy_seed, toy_difficulty, split='test')`."
     recs = load_records("toy_target", "test", toy_difficulty=int(toy_difficulty), toy_n=int(toy_n), seed=int(toy_seed))
@@ -535,15 +535,16 @@ def _write_outputs(output_dir, out: dict, samples: dict):
 # %% ../nbs/13_eval.ipynb #cba6e287
 def evaluate(model_path_or_obj, tasks, limit: int | float | None = None, batch_size: int = 16, device: str | None = "cpu",
              output_dir=None, tokenizer=None, max_new_tokens: int | None = None, gsm8k_path=None, toy_difficulty: int = 2,
-             model_args: dict | None = None, log_samples: bool = True) -> dict:
+             model_args: dict | None = None, log_samples: bool = True, toy_n: int = 200) -> dict:
     """Evaluate a halluc model folder, a model object (+ `tokenizer`) or an lm-eval `LM` on halluc `tasks`.
-    `max_new_tokens` overrides each task's `max_gen_toks`; `gsm8k_path` the GSM8K source. Returns the summary dict."""
+    `max_new_tokens` overrides each task's `max_gen_toks`; `gsm8k_path` the GSM8K source; `toy_difficulty` and `toy_n`
+    the toy tasks' test problems. Returns the summary dict."""
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
     names = _task_list(tasks)
     if any(n.startswith("gsm8k") for n in names): resolve_gsm8k_path(gsm8k_path)   # a missing file fails now, named
     lm = _lm_for(model_path_or_obj, tokenizer, batch_size, device, model_args)
-    inc = task_dir(gsm8k_path=gsm8k_path, toy_difficulty=toy_difficulty)
+    inc = task_dir(gsm8k_path=gsm8k_path, toy_difficulty=toy_difficulty, toy_n=toy_n)
     tm = TaskManager(include_path=str(inc), include_defaults=False)
     gen = {"max_gen_toks": int(max_new_tokens)} if max_new_tokens else None
     want_samples = bool(output_dir) or log_samples

@@ -10,7 +10,7 @@ import hashlib, json, logging
 from pathlib import Path
 import torch
 from tqdm.auto import tqdm
-from .data import Encoded, encode_records, format_prompt
+from .data import Encoded, encode_prompts, encode_records
 from .io import read_json, read_jsonl, write_json_atomic, write_jsonl_atomic
 
 log = logging.getLogger("halluc.generate")
@@ -209,7 +209,7 @@ def generate_completions(model, tokenizer, records: list[dict], max_new_tokens: 
     "Completions (token ids up to the EOS, BTs included) for the questions of `records`, in order; `return_finished`: `(ids, finished)` pairs."
     if not records: return []
     pad, eos = _pad_eos(tokenizer)
-    prompts = [e.prompt_ids for e in encode_records([dict(r, solution=r.get("solution", ""), final=r.get("final", "0")) for r in records], tokenizer)]
+    prompts = encode_prompts([r["question"] for r in records], tokenizer)
     res = _in_batches(model, prompts, pad, eos, max_new_tokens, batch_size, temperature, seed, suppress)
     return res if return_finished else [ids for ids, _ in res]
 

@@ -102,7 +102,8 @@ def train_job(kind: str, config: str | None, overrides=(), run_name: str | None 
 
 # %% ../nbs/15_jobs.ipynb #d43a9830
 def eval_job(model: str, tasks=None, limit: int | None = None, output_dir: str | None = None, batch_size: int = 16,
-             max_new_tokens: int | None = None, toy_difficulty: int = 2, gsm8k_path: str | None = None, smoke: bool = False) -> dict:
+             max_new_tokens: int | None = None, toy_difficulty: int = 2, gsm8k_path: str | None = None, smoke: bool = False,
+             toy_n: int = 200) -> dict:
     "Evaluate model folder `model` (a run folder or its `model/`) on halluc `tasks`; writes `eval.json`."
     p = Path(model)
     if (p / "model" / "halluc.json").exists() or (p / "model" / "config.json").exists(): p = p / "model"
@@ -110,7 +111,7 @@ def eval_job(model: str, tasks=None, limit: int | None = None, output_dir: str |
     if smoke: limit, max_new_tokens = min(limit or 4, 4), min(max_new_tokens or 32, 32)
     out = Path(output_dir) if output_dir else p.parent
     res = evaluate(str(p), tasks or ["toy_arithmetic_backtrack"], limit=limit, batch_size=batch_size, output_dir=out,
-                   max_new_tokens=max_new_tokens, toy_difficulty=toy_difficulty, gsm8k_path=gsm8k_path)
+                   max_new_tokens=max_new_tokens, toy_difficulty=toy_difficulty, gsm8k_path=gsm8k_path, toy_n=toy_n)
     return res
 
 # %% ../nbs/15_jobs.ipynb #c4b0b515
@@ -183,28 +184,38 @@ def _train_arms(st: dict, common: list[str], small: list[str], smoke: bool) -> d
 # %% ../nbs/15_jobs.ipynb #f9635b1b
 PER_SEED_KEYS = ("exact_match", "counterfactual_exact_match", "recovery_rate", "harm_rate", "bt_rate", "share_with_bt",
                  "bt_precision", "false_bt_rate", "bt_span_accuracy", "tokens_per_problem")
-"The greedy metrics every arm reports per seed (`halluc.measure.score_completions`)."
+"The greedy metrics every arm reports per seed (the lm-eval task's, scored by `halluc.measure`)."
+
+def _greedy(res: dict, recs: list[dict], smoke: bool) -> tuple[dict, list]:
+    "Greedy metrics and per-problem rows of one arm from lm-eval (`eval.json` and the per-sample log), on exactly `recs`."
+    task = "toy_arithmetic_backtrack"
+    ev = eval_job(res["run_dir"], limit=len(recs), toy_n=len(recs), smoke=False, max_new_tokens=32 if smoke else None)
+    samples = sorted(ev["samples"][task], key=lambda r: r["doc_id"])
+    if [r["doc"]["id"] for r in samples] != [r["id"] for r in recs]: raise RuntimeError(f"{task}: lm-eval's problems are not the experiment's")
+    rows = [dict(id=r["doc"]["id"], right=bool(r["exact_match_flexible"]), counterfactual_right=bool(r["counterfactual_exact_match"]),
+                 n_bt=int(r["share_with_bt"])) for r in samples]
+    m = ev["tasks"][task]["metrics"]
+    return dict(m, exact_match=m["exact_match_flexible"]), rows
 
 def _eval_arm(arm: str, res: dict, recs: list[dict], num_samples: int, temperature: float, seed: int, smoke: bool) -> tuple[dict, list]:
     "`(per-seed entry, greedy per-problem rows)` of one arm; writes `eval.json` (lm-eval) and the training plot."
     n_new = 32 if smoke else 128
-    eval_job(res["run_dir"], limit=len(recs), smoke=False, max_new_tokens=32 if smoke else None)
+    greedy, rows = _greedy(res, recs, smoke)
     model, tok, info = load_backtrack_model(Path(res["run_dir"]) / "model")
     bt = info["bt_id"]
-    greedy = evaluate_completions(model, tok, bt, recs, n_new)
     sampled = evaluate_completions(model, tok, bt, recs, n_new, temperature=temperature, num_samples=num_samples, seed=seed)
-    entry = dict(seed=seed, **{k: greedy["metrics"][k] for k in PER_SEED_KEYS},
+    entry = dict(seed=seed, **{k: greedy[k] for k in PER_SEED_KEYS},
                  sampled_exact_match=sampled["metrics"]["exact_match"],
                  sampled_counterfactual_exact_match=sampled["metrics"]["counterfactual_exact_match"],
                  sampled_recovery_rate=sampled["metrics"]["recovery_rate"], sampled_harm_rate=sampled["metrics"]["harm_rate"],
                  sampled_tokens_per_problem=sampled["metrics"]["tokens_per_problem"], pass_at_k=sampled["pass_at_k"],
                  maj_at_k=sampled["maj_at_k"], checked_at_n=sampled["checked_at_n"],
-                 counterfactual_overhead=greedy["counterfactual_overhead"],
+                 counterfactual_overhead=sampled["counterfactual_overhead"],
                  steps=res["global_step"], train_seconds=round(res["train_seconds"], 1))
     if arm == "backtrack_sft": entry.update({f"probe_{k}": v for k, v in bt_detection_auroc(model, tok, bt, recs, n_new).items()})
     try: plot_training(res["run_dir"])
     except Exception as e: log.warning("no training plot for %s: %s", arm, e)
-    return entry, greedy["samples"][0]["rows"]
+    return entry, rows
 
 # %% ../nbs/15_jobs.ipynb #70ba8cfd
 def _arm_summary(entries: list[dict]) -> dict:
@@ -226,7 +237,7 @@ def _comparisons(rows: dict[str, list], pairs=COMPARISONS) -> dict:
             out[f"{a}_vs_its_counterfactual"] = paired_comparison([r["right"] for r in rs], [r["counterfactual_right"] for r in rs])
     return out
 
-# %% ../nbs/15_jobs.ipynb #128fc158
+# %% ../nbs/15_jobs.ipynb #a2a236be
 def _best_of_n(entries: dict, base: str = "clean_sft") -> dict:
     """Each BT arm at T=1 against `base`'s checked best-of-n (`halluc.measure.checked_pick`) at matched tokens:
     n = the BT arm's sampled tokens per problem over the base's, rounded, within 1 … k; means over seeds."""

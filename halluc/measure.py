@@ -10,7 +10,7 @@ import bisect, math, random, time
 from typing import Callable, NamedTuple, Sequence
 import torch
 from .core import apply_backtracking, backtrack_edits
-from .data import ConvertParams, encode_records, example_rng, format_target, numeric_mistakes
+from .data import ConvertParams, encode_prompts, encode_records, example_rng, format_target, numeric_mistakes
 from .generate import continue_completions, generate_batch, generate_completions
 from .toy import parse_target_question, target_solved
 from .grading import answer_lines, answers_match, check_steps, extract_answer, find_steps, normalize_number
@@ -218,7 +218,7 @@ def bt_detection_auroc(model, tokenizer, bt_id: int, records: list[dict], max_ne
                 n_own_right=len(right), n_injected=len(injected), p_bt_own_wrong=mean(wrong), p_bt_own_right=mean(right),
                 p_bt_injected=mean(injected), p_bt_reference=mean(reference), n_records=len(records))
 
-# %% ../nbs/08_measure.ipynb #61de71a3
+# %% ../nbs/08_measure.ipynb #f1f7a662
 def is_right(text: str, rec: dict) -> bool:
     "Is the post-backtrack `text` right for record `rec`: the control task's verifier (`halluc.toy.target_solved`), else the answer matches `final`."
     parsed = parse_target_question(rec.get("question") or "")
@@ -229,12 +229,13 @@ def is_right(text: str, rec: dict) -> bool:
 def _row(tokenizer, bt_id, rec, ids, cf, finished, checkable) -> dict:
     "One problem's result: right after BTs, its counterfactual, and what its BT runs deleted."
     dec = lambda x: tokenizer.decode(x, skip_special_tokens=True)
-    right = is_right(dec(apply_backtracking(ids, bt_id)), rec)
+    text = dec(apply_backtracking(ids, bt_id))
+    right = is_right(text, rec)
     has_bt = bt_id in ids
     cf_right = right if not has_bt else (None if cf is None else is_right(dec(cf), rec))
     ref = format_target(rec["solution"], rec["final"]) if rec.get("solution") else None
     runs = bt_runs(ids, bt_id, dec, rec["final"], ref, checkable) if has_bt else []
-    return dict(id=rec["id"], right=right, counterfactual_right=cf_right, n_bt=list(ids).count(bt_id), n_tokens=len(ids),
+    return dict(id=rec["id"], text=text, right=right, counterfactual_right=cf_right, n_bt=list(ids).count(bt_id), n_tokens=len(ids),
                 finished=finished, bt=bt_summary(runs))
 
 # %% ../nbs/08_measure.ipynb #4e655b54
@@ -263,14 +264,13 @@ def counterfactual_completions(model, tokenizer, bt_id: int, records: list[dict]
     todo = [(i, first_bt_prefix(c, bt_id)) for i, c in enumerate(completions) if bt_id in c]
     out: list = [None] * len(completions)
     if not todo: return out
-    encs = encode_records([dict(records[i], solution=records[i].get("solution", ""), final=records[i].get("final", "0"))
-                           for i, _ in todo], tokenizer)
-    res = continue_completions(model, tokenizer, [e.prompt_ids for e in encs], [p for _, p in todo], max_new_tokens,
+    prompts = encode_prompts([records[i]["question"] for i, _ in todo], tokenizer)
+    res = continue_completions(model, tokenizer, prompts, [p for _, p in todo], max_new_tokens,
                                batch_size, temperature, seed, suppress=[bt_id])
     for (i, _), (ids, _) in zip(todo, res): out[i] = ids
     return out
 
-# %% ../nbs/08_measure.ipynb #7b6ec682
+# %% ../nbs/08_measure.ipynb #3c3785dc
 def self_check(text: str, rec: dict | None = None) -> bool:
     "What a model could check on its own text, without the gold answer: the control task's verifier, else an answer line and every step right."
     parsed = parse_target_question((rec or {}).get("question") or "")
@@ -284,7 +284,7 @@ def checked_pick(texts: list[str], rec: dict | None = None) -> str:
         if self_check(t, rec): return t
     return texts[0] if texts else ""
 
-# %% ../nbs/08_measure.ipynb #61a8e95c
+# %% ../nbs/08_measure.ipynb #2574cd8b
 def _majority(answers: list) -> str | None:
     "The most common non-None answer (ties: the first seen)."
     seen = [a for a in answers if a is not None]
@@ -309,12 +309,11 @@ def evaluate_completions(model, tokenizer, bt_id: int, records: list[dict], max_
     keys = [k for k, v in samples[0]["metrics"].items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "n"]
     mean = {k: (None if any(x["metrics"][k] is None for x in samples) else sum(x["metrics"][k] for x in samples) / num_samples) for k in keys}
     mean.update({k: v for k, v in samples[0]["metrics"].items() if k not in mean})
-    dec = lambda ids: tokenizer.decode(apply_backtracking(ids, bt_id), skip_special_tokens=True)
-    answers = [[extract_answer(dec(x["completions"][i])) for x in samples] for i in range(len(records))]
+    texts = [[x["rows"][i]["text"] for x in samples] for i in range(len(records))]   # post-backtrack, decoded once in _row
+    answers = [[extract_answer(t) for t in ts] for ts in texts]
     pass_k = sum(any(x["rows"][i]["right"] for x in samples) for i in range(len(records))) / len(records)
     maj_k = sum(answers_match(_majority(a), r["final"]) for a, r in zip(answers, records)) / len(records)
     if any(parse_target_question(r.get("question") or "") for r in records): maj_k = None   # the control task's answer line is the target
-    texts = [[dec(x["completions"][i]) for x in samples] for i in range(len(records))]
     checked = [sum(is_right(checked_pick(t[:n], r), r) for t, r in zip(texts, records)) / len(records)
                for n in range(1, num_samples + 1)]
     return dict(metrics=mean, samples=samples, pass_at_k=pass_k, maj_at_k=maj_k, checked_at_n=checked, k=num_samples, temperature=temperature,
