@@ -99,12 +99,17 @@ def _runs_parser(sub):
 def _cmd_experiment(a):
     from halluc.jobs import experiment
     experiment(a.root, a.name, seeds=a.seeds, overwrite=a.overwrite, eval_limit=a.eval_limit, extra=a.overrides,
-               num_samples=a.num_samples)
+               num_samples=a.num_samples, workers=a.workers, quick=a.quick, ablations=a.ablations,
+               arithmetic_seeds=a.arithmetic_seeds)
 
 def _experiment_parser(sub):
     x = sub.add_parser("experiment", help="the toy experiment (what `make run` runs, without papermill)")
     x.add_argument("--root", default="runs"); x.add_argument("--name", default="toy-experiment")
-    x.add_argument("--seeds", type=int, nargs="+", default=[0], help="one run of every arm per seed (default: 0; give overrides first)")
+    x.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="one run of every arm per seed (default: 0 1 2; give overrides first)")
+    x.add_argument("--workers", type=int, default=2, help="worker processes of one thread each (default 2)")
+    x.add_argument("--quick", action="store_true", help="the ~2-minute version: one seed, fewer steps, 100 problems")
+    x.add_argument("--ablations", action="store_true", help="also train backtrack_unmasked")
+    x.add_argument("--arithmetic-seeds", type=int, default=2, help="run the arithmetic arms on the first N seeds (default 2)")
     x.add_argument("--eval-limit", type=int, default=200, help="toy test problems per arm")
     x.add_argument("--num-samples", type=int, default=4, help="samples per problem at T=1")
     x.add_argument("--overwrite", action="store_true", help="move an existing experiment folder aside first")

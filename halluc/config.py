@@ -14,11 +14,11 @@ import yaml
 from .io import write_text_atomic
 
 # %% auto #0
-__all__ = ['EXECUTORS', 'DTYPES', 'BT_INITS', 'TOY_MODELS', 'CONVERTERS', 'TOY_SOURCES', 'CONVERTER_PARAMS', 'REWARD_COMPONENTS',
-           'SCHEDULES', 'TOY_DIFFICULTIES', 'SECTIONS', 'Problem', 'ConfigError', 'parse_toy_name', 'ModelConfig',
-           'BacktrackConfig', 'LoraSection', 'DataConfig', 'RewardConfig', 'EvalConfig', 'RunConfig', 'Config',
-           'trl_config_class', 'trainer_fields', 'config_from_dict', 'config_to_dict', 'yaml_load', 'yaml_dump',
-           'apply_overrides', 'load_config', 'save_config']
+__all__ = ['EXECUTORS', 'DTYPES', 'BT_INITS', 'TOY_MODELS', 'CONVERTERS', 'TOY_SOURCES', 'TOY_SPLITS', 'CONVERTER_PARAMS',
+           'REWARD_COMPONENTS', 'SCHEDULES', 'TOY_DIFFICULTIES', 'SECTIONS', 'Problem', 'ConfigError', 'parse_toy_name',
+           'ModelConfig', 'BacktrackConfig', 'LoraSection', 'DataConfig', 'RewardConfig', 'EvalConfig', 'RunConfig',
+           'Config', 'trl_config_class', 'trainer_fields', 'config_from_dict', 'config_to_dict', 'yaml_load',
+           'yaml_dump', 'apply_overrides', 'load_config', 'save_config']
 
 # %% ../nbs/02_config.ipynb #a81f8bdd
 class Problem(NamedTuple):
@@ -183,9 +183,11 @@ BT_INITS = ("mean", "semantic", "description", "combined", "random")
 TOY_MODELS = ("toy:llama-tiny", "toy:llama-small", "toy:qwen-tiny", "toy:qwen-small")
 CONVERTERS = ("clean", "random", "numeric", "search", "onpolicy")
 TOY_SOURCES = ("toy", "toy_target")
+TOY_SPLITS = ("train", "validation", "test")  # the toy tasks' splits, by question hash (halluc.toy._split_of)
 "`data.source` names of the embedded tasks: arithmetic, and the control task (reach a target)."
 "Converter names `halluc.data` registers; `data.converter` must be one of them."
-CONVERTER_PARAMS = {"ratio": (float, 0, 1), "num_errors": (int, 1, None), "error_len": (int, 1, None)}
+CONVERTER_PARAMS = {"ratio": (float, 0, 1), "num_errors": (int, 1, None), "error_len": (int, 1, None), "honest": (bool, None, None),
+                    "systematic": (bool, None, None), "unlisted": (bool, None, None)}
 "`data.converter_params` keys `halluc.data.ConvertParams` takes: name -> (type, min, max)."
 REWARD_COMPONENTS = ("outcome", "format", "process", "efficiency")
 SCHEDULES = ("linear", "cosine", "step", "constant")
@@ -319,11 +321,11 @@ class DataConfig:
     seed: int = _f(0, ge=0)
 
     def _validate(self, prefix, ctx):
-        "The toy task has only train/test splits; evaluating on the training split of the training source leaks."
+        "The toy tasks have train/validation/test splits; evaluating on the training split of the training source leaks."
         if self.source in TOY_SOURCES:
             for k in ("split", "eval_split"):
-                if (v := getattr(self, k)) not in ("train", "test"):
-                    ctx.add(f"{prefix}.{k}", f"the toy task has splits 'train' and 'test', got {v!r}", _closest(v, ("train", "test"), 0.3))
+                if (v := getattr(self, k)) not in TOY_SPLITS:
+                    ctx.add(f"{prefix}.{k}", f"the toy tasks have splits {', '.join(map(repr, TOY_SPLITS))}, got {v!r}", _closest(v, TOY_SPLITS, 0.3))
         if (self.eval_source or self.source) == self.source and self.eval_split == self.split:
             ctx.add(f"{prefix}.eval_split", f"evaluating on the training split {self.split!r} of {self.source!r} leaks; use the test split")
 

@@ -198,6 +198,9 @@ class ConvertParams:
     ratio: float = 1.0       # share of examples that get errors
     num_errors: int = 1      # errors per example
     error_len: int = 3       # random converter: tokens per error
+    honest: bool = True      # search converter: a failed attempt states its true sum (False: it claims the target)
+    systematic: bool = False # search converter: try the listed pairs in order until the solution (else sampled proposals)
+    unlisted: bool = False   # search converter: proposals may also reach the target with a number that is not listed
     extra: dict = field(default_factory=dict)
 
 # %% ../nbs/06_data.ipynb #579b01ca
@@ -323,16 +326,19 @@ def convert_numeric(enc: Encoded, tokenizer, rng: random.Random, params: Convert
     return _insert(enc.completion_ids, [(i, e) for i, _, e in inserts], params.bt_id)
 
 # %% ../nbs/06_data.ipynb #f9821f4f
-def search_proposals(numbers: list[int], target: int, rng: random.Random, n: int) -> list[tuple[int, int]]:
-    "Up to `n` distinct wrong pairs `(a, b)` of `numbers`, near-target sums more likely, in the order drawn."
+def search_proposals(numbers: list[int], target: int, rng: random.Random, n: int, unlisted: bool = False) -> list[tuple[int, int]]:
+    """Up to `n` distinct wrong pairs `(a, b)` of `numbers` (in the list's order), near-target sums more likely, in the order drawn;
+    `unlisted`: also pairs that reach the target with a number that is not listed (the listed one first or second at random)."""
     pairs = [(a, b) for i, a in enumerate(numbers) for b in numbers[i + 1:] if a + b != target]
+    if unlisted:
+        pairs += [(a, target - a) if rng.random() < 0.5 else (target - a, a) for a in numbers
+                  if 0 < target - a != a and target - a not in numbers]
     scale = max(1.0, max(numbers) / 4)
     out = []
     while pairs and len(out) < n:
         w = [math.exp(-abs(a + b - target) / scale) for a, b in pairs]
-        k = rng.choices(range(len(pairs)), weights=w)[0]
-        a, b = pairs.pop(k)
-        out.append((a, b) if rng.random() < 0.5 else (b, a))
+        a, b = pairs.pop(rng.choices(range(len(pairs)), weights=w)[0])
+        if not any({a, b} == set(p) for p in out): out.append((a, b))
     return out
 
 @register_converter("search")
@@ -343,10 +349,17 @@ def convert_search(enc: Encoded, tokenizer, rng: random.Random, params: ConvertP
         raise BadRecord(f"record {enc.record['id']}: the 'search' converter needs a target problem (halluc.toy.target_records)")
     if rng.random() >= params.ratio: return convert_clean(enc, tokenizer, rng, params)
     nums, target = parsed
+    enc_ = lambda t: tokenizer.backend_tokenizer.encode(t, add_special_tokens=False).ids
     segs = []
-    for a, b in search_proposals(nums, target, rng, rng.randint(1, max(1, params.num_errors))):
-        ids = tokenizer.backend_tokenizer.encode(f"{a} + {b} = {a + b}\n", add_special_tokens=False).ids
-        segs += [(ids, "error"), ([params.bt_id] * len(ids), "bt")]
+    if params.systematic:   # every listed pair in order (first number's position, then the second's) up to the solution
+        tries = [(a, b) for i, a in enumerate(nums) for b in nums[i + 1:]]
+        tries = tries[:next(k for k, (a, b) in enumerate(tries) if a + b == target)]
+    else: tries = search_proposals(nums, target, rng, rng.randint(1, max(1, params.num_errors)), params.unlisted)
+    for a, b in tries:
+        pair, result = enc_(f"{a} + {b}"), enc_(f" = {a + b if params.honest else target}\n")
+        if params.honest: segs += [(pair, "error"), (result, "ok")]       # the proposal may be masked; its true sum trains
+        else: segs += [(pair + result, "error")]                          # a false claim: one wrong span
+        segs.append(([params.bt_id] * (len(pair) + len(result)), "bt"))
     return segs + [(list(enc.completion_ids), "ok")]
 
 # %% ../nbs/06_data.ipynb #cadd1362

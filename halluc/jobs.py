@@ -11,21 +11,22 @@ from pathlib import Path
 import pandas as pd
 from .config import config_from_dict, config_to_dict, load_config
 from .data import load_records
-from .evaluation import evaluate
+from .evaluation import evaluate, parse_payload
 from .executors import EXECUTORS, SFTExecutor, OnPolicySFTExecutor, executor_for
 from .generate import generate_completions
 from .io import move, read_json, write_json_atomic
-from .measure import bt_detection_auroc, evaluate_completions, paired_comparison, seed_summary
+from .measure import attempt_diagnostics, bt_detection_auroc, evaluate_completions, paired_comparison, seed_summary
 from .patcher import load_backtrack_model
-from .report import compare_runs, plot_accuracy, plot_bt_positions, plot_samples, plot_training
+from .report import plot_accuracy, plot_bt_positions, plot_samples, plot_training
 from .runs import check_run_name, create_run_dir, mark_status
 
 log = logging.getLogger("halluc.jobs")
 
 # %% auto #0
-__all__ = ['log', 'SMOKE_OVERRIDES', 'SMOKE_KIND', 'EXPERIMENT_STEPS', 'CONTINUE_LR', 'ARMS', 'COMPARISONS', 'PER_SEED_KEYS',
-           'resolve_path', 'as_overrides', 'train_job', 'eval_job', 'eval_table', 'backtrack_views', 'experiment',
-           'run_notebook', 'show_training', 'SelfCorrectionLoop']
+__all__ = ['log', 'SMOKE_OVERRIDES', 'SMOKE_KIND', 'EXPERIMENT_STEPS', 'QUICK_STEPS', 'CONTINUE_LR', 'CONTROL_TASK',
+           'ARITHMETIC_TASK', 'TASKS', 'PLAN', 'ABLATIONS', 'SAMPLED', 'ARMS', 'COMPARISONS', 'PER_SEED_KEYS',
+           'CONTROL_GOAL', 'TABLE_COLUMNS', 'resolve_path', 'as_overrides', 'train_job', 'eval_job', 'eval_table',
+           'backtrack_views', 'experiment', 'run_notebook', 'show_training', 'SelfCorrectionLoop']
 
 # %% ../nbs/15_jobs.ipynb #a5dfcf64
 SMOKE_OVERRIDES = ["trainer.max_steps=2", "trainer.logging_steps=1", "trainer.save_steps=2", "data.toy_n_train=32",
@@ -120,9 +121,10 @@ def eval_table(res: dict):
     return pd.DataFrame({t: v["metrics"] for t, v in res["tasks"].items()}).T
 
 # %% ../nbs/15_jobs.ipynb #1967d231
-def backtrack_views(out: Path, arms: list[str], n: int = 64, max_new_tokens: int = 96, seed: int = 0, plots=None) -> dict:
-    "For each arm folder `out/<arm>`: greedy completions on `n` toy test prompts → BT-position histogram and a sample table (PNGs in `plots`, default `out/plots/`)."
-    recs, res = load_records("toy", "test", toy_n=n, seed=seed), {}
+def backtrack_views(out: Path, arms: list[str], n: int = 64, max_new_tokens: int = 96, seed: int = 0, plots=None,
+                    source: str = "toy", difficulty: int = 2) -> dict:
+    "For each arm folder `out/<arm>`: greedy completions on `n` test prompts of `source` → BT-position histogram and a sample table (PNGs in `plots`, default `out/plots/`)."
+    recs, res = load_records(source, "test", toy_n=n, seed=seed, toy_difficulty=difficulty), {}
     plots = Path(plots) if plots is not None else Path(out) / "plots"
     for arm in arms:
         mdir = Path(out) / arm / "model"
@@ -138,18 +140,39 @@ def backtrack_views(out: Path, arms: list[str], n: int = 64, max_new_tokens: int
     return res
 
 # %% ../nbs/15_jobs.ipynb #37d5eaae
-EXPERIMENT_STEPS = dict(pretrain=700, sft=400, dpo=60, grpo=150)
+EXPERIMENT_STEPS = dict(control_pretrain=400, control=400, pretrain=400, sft=250, dpo=30, grpo=60)
+QUICK_STEPS = dict(control_pretrain=300, control=200, pretrain=300, sft=150, dpo=20, grpo=40)
 CONTINUE_LR = 1e-3
-"Default budget of the toy experiment (steps per stage); about 6 minutes a seed on a 2-core CPU."
-ARMS = ("pretrain", "clean_sft", "backtrack_sft", "backtrack_dpo", "backtrack_grpo", "grpo_control")
-COMPARISONS = (("backtrack_sft", "clean_sft"), ("backtrack_dpo", "backtrack_sft"), ("backtrack_grpo", "backtrack_sft"),
-               ("backtrack_grpo", "grpo_control"), ("grpo_control", "clean_sft"))
+"Default budget of the toy experiment (steps per stage)."
+CONTROL_TASK, ARITHMETIC_TASK = "toy_target_backtrack", "toy_arithmetic_backtrack"
+TASKS = {CONTROL_TASK: dict(source="toy_target", difficulty=1), ARITHMETIC_TASK: dict(source="toy", difficulty=2)}
+_CONT = [f"trainer.learning_rate={CONTINUE_LR}", "trainer.lr_scheduler_type=constant", "trainer.warmup_steps=0"]
+_OPT, _SEARCH = "configs/toy_target_optimal.yaml", "configs/toy_target_backtrack.yaml"
+_CLEAN, _NUMERIC = "configs/toy_sft_clean.yaml", "configs/toy_sft_backtrack.yaml"
+PLAN = {
+    CONTROL_TASK: [("control_pretrain", "sft", _OPT, None, "control_pretrain", []),
+                   ("optimal_path", "sft", _OPT, "control_pretrain", "control", _CONT),
+                   ("backtrack", "sft", _SEARCH, "control_pretrain", "control", _CONT),
+                   ("backtrack_unmasked", "sft", _SEARCH, "control_pretrain", "control", _CONT + ["data.mask_errors=false"]),
+                   ("negative_control", "sft", _SEARCH, "control_pretrain", "control", _CONT + ["data.converter_params.honest=false"])],
+    ARITHMETIC_TASK: [("pretrain", "sft", _CLEAN, None, "pretrain", []),
+                      ("clean_sft", "sft", _CLEAN, "pretrain", "sft", _CONT),
+                      ("backtrack_sft", "sft", _NUMERIC, "pretrain", "sft", _CONT),
+                      ("backtrack_dpo", "dpo", "configs/toy_dpo.yaml", "backtrack_sft", "dpo", []),
+                      ("backtrack_grpo", "grpo", "configs/toy_grpo.yaml", "backtrack_sft", "grpo", []),
+                      ("grpo_control", "grpo", "configs/toy_grpo.yaml", "clean_sft", "grpo", ["backtrack.enabled=false"])]}
+ABLATIONS = ("backtrack_unmasked",)
+"Arms only `ablations=True` trains."
+SAMPLED = {"optimal_path", "pretrain", "clean_sft", "backtrack_sft", "backtrack_dpo", "backtrack_grpo", "grpo_control"}
+"Arms also sampled at T=1 (`num_samples` per problem): the arithmetic arms, and `optimal_path` for best-of-n."
+ARMS = {t: tuple(a for a, *_ in stages) + (("best_of_n",) if t == CONTROL_TASK else ()) for t, stages in PLAN.items()}
+COMPARISONS = {CONTROL_TASK: (("backtrack", "optimal_path"), ("backtrack", "best_of_n"), ("backtrack_unmasked", "optimal_path"),
+                              ("negative_control", "optimal_path")),
+               ARITHMETIC_TASK: (("backtrack_sft", "clean_sft"), ("backtrack_dpo", "backtrack_sft"), ("backtrack_grpo", "backtrack_sft"),
+                                 ("backtrack_grpo", "grpo_control"), ("grpo_control", "clean_sft"))}
 "`(arm A, arm B)` pairs compared on the same problems: A − B."
 
 # %% ../nbs/15_jobs.ipynb #0bf81dd9
-def _cfg_or_none(p):
-    p = resolve_path(p); return p if Path(p).exists() else None
-
 def _stage_overrides(kind, arm, n_steps, common, small, smoke, base=None, more=()) -> list[str]:
     "The overrides of one stage: the experiment's, the stage's name and steps, its start model, its extras."
     ovs = [*common, *small, f"run.name={arm}", f"trainer.max_steps={n_steps}", "eval.limit=1", *more]
@@ -160,62 +183,108 @@ def _stage_overrides(kind, arm, n_steps, common, small, smoke, base=None, more=(
 def _stage(kind, cfg, arm, n_steps, base=None, more=(), *, common, small, smoke) -> dict:
     "Train one stage of the experiment; returns the executor's result."
     print(f"\n=== {arm}: {kind} from {base or 'scratch'}, {n_steps} steps ===", flush=True)
-    res = train_job(kind, _cfg_or_none(cfg), _stage_overrides(kind, arm, n_steps, common, small, smoke, base, more), smoke=False)
+    res = train_job(kind, resolve_path(cfg), _stage_overrides(kind, arm, n_steps, common, small, smoke, base, more), smoke=False)
     if res.get("interrupted"):
         raise KeyboardInterrupt(f"{arm} was interrupted after saving a checkpoint; rerun that stage with run.resume=true")
     return res
-
-# %% ../nbs/15_jobs.ipynb #c225a7f9
-def _train_arms(st: dict, common: list[str], small: list[str], smoke: bool) -> dict:
-    "Train the pretrain stage and the arms of one seed; returns `{arm: result}` in `ARMS` order."
-    stage = lambda *a: _stage(*a, common=common, small=small, smoke=smoke)
-    runs = dict(pretrain=stage("sft", "configs/toy_sft_clean.yaml", "pretrain", st["pretrain"]))
-    base = f"{runs['pretrain']['run_dir']}/model"
-    # the arms continue the pretrained model: a lower constant learning rate, no second warm-up
-    cont = [f"trainer.learning_rate={CONTINUE_LR}", "trainer.lr_scheduler_type=constant", "trainer.warmup_steps=0"]
-    runs["clean_sft"] = stage("sft", "configs/toy_sft_clean.yaml", "clean_sft", st["sft"], base, cont)
-    runs["backtrack_sft"] = stage("sft", "configs/toy_sft_backtrack.yaml", "backtrack_sft", st["sft"], base, cont)
-    bt, clean = f"{runs['backtrack_sft']['run_dir']}/model", f"{runs['clean_sft']['run_dir']}/model"
-    runs["backtrack_dpo"] = stage("dpo", "configs/toy_dpo.yaml", "backtrack_dpo", st["dpo"], bt)
-    runs["backtrack_grpo"] = stage("grpo", "configs/toy_grpo.yaml", "backtrack_grpo", st["grpo"], bt)
-    runs["grpo_control"] = stage("grpo", "configs/toy_grpo.yaml", "grpo_control", st["grpo"], clean, ["backtrack.enabled=false"])
-    return runs
 
 # %% ../nbs/15_jobs.ipynb #f9635b1b
 PER_SEED_KEYS = ("exact_match", "counterfactual_exact_match", "recovery_rate", "harm_rate", "bt_rate", "share_with_bt",
                  "bt_precision", "false_bt_rate", "bt_span_accuracy", "tokens_per_problem")
 "The greedy metrics every arm reports per seed (the lm-eval task's, scored by `halluc.measure`)."
 
-def _greedy(res: dict, recs: list[dict], smoke: bool) -> tuple[dict, list]:
-    "Greedy metrics and per-problem rows of one arm from lm-eval (`eval.json` and the per-sample log), on exactly `recs`."
-    task = "toy_arithmetic_backtrack"
-    ev = eval_job(res["run_dir"], limit=len(recs), toy_n=len(recs), smoke=False, max_new_tokens=32 if smoke else None)
+def _task_records(task: str, n: int) -> list[dict]:
+    "The test problems every arm and seed of `task` is evaluated on."
+    return load_records(TASKS[task]["source"], "test", toy_n=n, seed=0, toy_difficulty=TASKS[task]["difficulty"])
+
+def _greedy(res: dict, recs: list[dict], task: str, smoke: bool) -> tuple[dict, list, list]:
+    "Greedy metrics, per-problem rows and payloads of one arm from lm-eval (`eval.json` and the per-sample log), on exactly `recs`."
+    ev = eval_job(res["run_dir"], tasks=[task], limit=len(recs), toy_n=len(recs), toy_difficulty=TASKS[task]["difficulty"],
+                  smoke=False, max_new_tokens=32 if smoke else None)
     samples = sorted(ev["samples"][task], key=lambda r: r["doc_id"])
     if [r["doc"]["id"] for r in samples] != [r["id"] for r in recs]: raise RuntimeError(f"{task}: lm-eval's problems are not the experiment's")
     rows = [dict(id=r["doc"]["id"], right=bool(r["exact_match_flexible"]), counterfactual_right=bool(r["counterfactual_exact_match"]),
                  n_bt=int(r["share_with_bt"])) for r in samples]
     m = ev["tasks"][task]["metrics"]
-    return dict(m, exact_match=m["exact_match_flexible"]), rows
+    return dict(m, exact_match=m["exact_match_flexible"]), rows, [parse_payload(r.get("filtered_resps") or r.get("resps")) for r in samples]
 
-def _eval_arm(arm: str, res: dict, recs: list[dict], num_samples: int, temperature: float, seed: int, smoke: bool) -> tuple[dict, list]:
-    "`(per-seed entry, greedy per-problem rows)` of one arm; writes `eval.json` (lm-eval) and the training plot."
-    n_new = 32 if smoke else 128
-    greedy, rows = _greedy(res, recs, smoke)
+def _eval_arm(u: dict, res: dict, recs: list[dict], num_samples: int, temperature: float, smoke: bool) -> tuple[dict, list]:
+    "`(per-seed entry, greedy per-problem rows)` of unit `u`; writes `eval.json` (lm-eval) and the training plot."
+    arm, task, seed, n_new = u["arm"], u["task"], u["seed"], 32 if smoke else 128
+    greedy, rows, payloads = _greedy(res, recs, task, smoke)
+    entry = dict(seed=seed, **{k: greedy[k] for k in PER_SEED_KEYS}, steps=res["global_step"], train_seconds=round(res["train_seconds"], 1))
     model, tok, info = load_backtrack_model(Path(res["run_dir"]) / "model")
     bt = info["bt_id"]
-    sampled = evaluate_completions(model, tok, bt, recs, n_new, temperature=temperature, num_samples=num_samples, seed=seed)
-    entry = dict(seed=seed, **{k: greedy[k] for k in PER_SEED_KEYS},
-                 sampled_exact_match=sampled["metrics"]["exact_match"],
-                 sampled_counterfactual_exact_match=sampled["metrics"]["counterfactual_exact_match"],
-                 sampled_recovery_rate=sampled["metrics"]["recovery_rate"], sampled_harm_rate=sampled["metrics"]["harm_rate"],
-                 sampled_tokens_per_problem=sampled["metrics"]["tokens_per_problem"], pass_at_k=sampled["pass_at_k"],
-                 maj_at_k=sampled["maj_at_k"], checked_at_n=sampled["checked_at_n"],
-                 counterfactual_overhead=sampled["counterfactual_overhead"],
-                 steps=res["global_step"], train_seconds=round(res["train_seconds"], 1))
+    if task == CONTROL_TASK:
+        d = attempt_diagnostics(recs, [p.get("raw", "") for p in payloads], [p.get("text", "") for p in payloads], tok.convert_ids_to_tokens(bt))
+        entry.update({k: v for k, v in d.items() if k != "n"})
+    if arm in SAMPLED:
+        sampled = evaluate_completions(model, tok, bt, recs, n_new, temperature=temperature, num_samples=num_samples, seed=seed)
+        m = sampled["metrics"]
+        entry.update(sampled_exact_match=m["exact_match"], sampled_counterfactual_exact_match=m["counterfactual_exact_match"],
+                     sampled_recovery_rate=m["recovery_rate"], sampled_harm_rate=m["harm_rate"],
+                     sampled_tokens_per_problem=m["tokens_per_problem"], pass_at_k=sampled["pass_at_k"], maj_at_k=sampled["maj_at_k"],
+                     checked_at_n=sampled["checked_at_n"], counterfactual_overhead=sampled["counterfactual_overhead"])
+        for i, r in enumerate(rows): r["sampled_right"] = [bool(x["rows"][i]["right"]) for x in sampled["samples"]]
     if arm == "backtrack_sft": entry.update({f"probe_{k}": v for k, v in bt_detection_auroc(model, tok, bt, recs, n_new).items()})
     try: plot_training(res["run_dir"])
     except Exception as e: log.warning("no training plot for %s: %s", arm, e)
     return entry, rows
+
+# %% ../nbs/15_jobs.ipynb #c225a7f9
+def _units(seeds, st: dict, ablations: bool, arithmetic_seeds=None) -> list[dict]:
+    "Every (task, seed, arm) to train and evaluate (arithmetic for `arithmetic_seeds`, default all), in the order they are preferred when ready."
+    out = []
+    for task in (ARITHMETIC_TASK, CONTROL_TASK):
+        ss = seeds if task == CONTROL_TASK or arithmetic_seeds is None else arithmetic_seeds
+        for depth, (arm, kind, cfg, base, key, more) in enumerate(PLAN[task]):
+            if arm in ABLATIONS and not ablations: continue
+            out += [dict(task=task, seed=s, arm=arm, kind=kind, config=cfg, base=base, steps=st[key], more=list(more), depth=depth) for s in ss]
+    return sorted(out, key=lambda u: (min(u["depth"], 2), u["task"] == CONTROL_TASK))
+
+def _run_unit(u: dict, ctx: dict) -> dict:
+    "Train and evaluate one unit; returns its per-seed entry and per-problem rows."
+    import torch
+    if ctx["workers"] > 1: torch.set_num_threads(1)
+    sd = Path(ctx["out"]) / f"seed-{u['seed']}"
+    common = [f"run.root={sd}", f"run.seed={u['seed']}", f"model.seed={u['seed']}", f"data.seed={u['seed']}", *ctx["extra"]]
+    base = f"{sd / u['base']}/model" if u["base"] else None
+    res = _stage(u["kind"], u["config"], u["arm"], u["steps"], base, u["more"], common=common, small=ctx["small"], smoke=ctx["smoke"])
+    print(f"evaluating {u['arm']} (seed {u['seed']}) ...", flush=True)
+    entry, rows = _eval_arm(u, res, _task_records(u["task"], ctx["eval_limit"]), ctx["num_samples"], ctx["temperature"], ctx["smoke"])
+    return dict(entry=entry, rows=rows)
+
+def _run_units(units: list[dict], ctx: dict) -> dict:
+    "Run `units` (respecting their start models) in `ctx['workers']` processes; `{(task, seed, arm): result}`."
+    done, pending = {}, list(units)
+    ready = lambda: [u for u in pending if u["base"] is None or (u["task"], u["seed"], u["base"]) in done]
+    key = lambda u: (u["task"], u["seed"], u["arm"])
+    if ctx["workers"] == 1:
+        while pending:
+            u = ready()[0]; pending.remove(u); done[key(u)] = _run_unit(u, ctx)
+        return done
+    import concurrent.futures as cf, multiprocessing as mp
+    env = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    os.environ.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")       # the workers inherit one thread each
+    try:
+        with cf.ProcessPoolExecutor(ctx["workers"], mp_context=mp.get_context("spawn")) as pool:
+            running = {}
+            while pending or running:
+                for u in ready()[:ctx["workers"] - len(running)]:
+                    pending.remove(u); running[pool.submit(_run_unit, u, ctx)] = u
+                if not running: raise RuntimeError(f"units wait on start models that never ran: {[key(u) for u in pending]}")
+                fin, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+                for f in fin:
+                    u = running.pop(f)
+                    try: done[key(u)] = f.result()
+                    except BaseException:
+                        for g in running: g.cancel()
+                        raise
+    finally:
+        for k, v in env.items():
+            if v is None: os.environ.pop(k, None)
+            else: os.environ[k] = v
+    return done
 
 # %% ../nbs/15_jobs.ipynb #70ba8cfd
 def _arm_summary(entries: list[dict]) -> dict:
@@ -226,11 +295,11 @@ def _arm_summary(entries: list[dict]) -> dict:
     return dict(per_seed=entries, mean={k: stats[k]["mean"] if ok(k) else None for k in keys},
                 ci95={k: stats[k]["ci95"] if ok(k) else None for k in keys})
 
-def _comparisons(rows: dict[str, list], pairs=COMPARISONS) -> dict:
+def _comparisons(rows: dict[str, list], pairs) -> dict:
     "Paired comparisons `A_vs_B` of exact match on the same problems, and `A_vs_its_counterfactual` for arms with BTs."
     out = {}
     for a, b in pairs:
-        if a in rows and b in rows:
+        if rows.get(a) and rows.get(b):
             out[f"{a}_vs_{b}"] = paired_comparison([r["right"] for r in rows[a]], [r["right"] for r in rows[b]])
     for a, rs in rows.items():
         if any(r["n_bt"] for r in rs):
@@ -238,79 +307,137 @@ def _comparisons(rows: dict[str, list], pairs=COMPARISONS) -> dict:
     return out
 
 # %% ../nbs/15_jobs.ipynb #a2a236be
-def _best_of_n(entries: dict, base: str = "clean_sft") -> dict:
-    """Each BT arm at T=1 against `base`'s checked best-of-n (`halluc.measure.checked_pick`) at matched tokens:
-    n = the BT arm's sampled tokens per problem over the base's, rounded, within 1 … k; means over seeds."""
-    out, b = {}, entries.get(base) or []
-    for arm in ("backtrack_sft", "backtrack_dpo", "backtrack_grpo"):
-        a = entries.get(arm) or []
-        if not a or not b: continue
-        k = len(b[0]["checked_at_n"])
-        ratio = sum(e["sampled_tokens_per_problem"] for e in a) / max(sum(e["sampled_tokens_per_problem"] for e in b), 1e-9)
+def _best_of_n(entries: dict, rows: dict, seeds: list, base: str = "optimal_path", bt_arm: str = "backtrack") -> tuple[list, list]:
+    "Per-seed entries and pooled per-problem rows of the `best_of_n` arm; empty when an arm is missing."
+    out, out_rows = [], []
+    for i, seed in enumerate(seeds):
+        b, a = entries.get(base, []), entries.get(bt_arm, [])
+        if len(b) <= i or len(a) <= i or "checked_at_n" not in b[i]: return [], []
+        k, tok_b = len(b[i]["checked_at_n"]), b[i]["sampled_tokens_per_problem"]
+        ratio = a[i]["tokens_per_problem"] / max(tok_b, 1e-9)
         n = min(k, max(1, round(ratio)))
-        out[f"{arm}_vs_{base}_best_of_{n}"] = dict(n=n, token_ratio=ratio, bt_arm=sum(e["sampled_exact_match"] for e in a) / len(a),
-                                                 best_of_n=sum(e["checked_at_n"][n - 1] for e in b) / len(b))
-    return out
+        n_prob = len(rows[base]) // len(seeds)
+        rs = [dict(id=r["id"], right=any(r["sampled_right"][:n]), counterfactual_right=any(r["sampled_right"][:n]), n_bt=0)
+              for r in rows[base][i * n_prob:(i + 1) * n_prob]]
+        out.append(dict(seed=seed, exact_match=sum(r["right"] for r in rs) / len(rs), n=n, token_ratio=ratio, capped=round(ratio) > k,
+                        tokens_per_problem=n * tok_b))
+        out_rows += rs
+    return out, out_rows
+
+# %% ../nbs/15_jobs.ipynb #3d2e9f10
+CONTROL_GOAL = dict(min_gain=0.10, min_precision=0.9, max_harm=0.02)
+
+def _verdict(summary: dict) -> str:
+    "A few plain sentences on what the experiment found: the control task against its goal, then arithmetic."
+    out, tasks = [], summary["tasks"]
+    fmt = lambda c: f"{c['diff']:+.3f} (95% CI [{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}], n={c['n']})"
+    ct = tasks.get(CONTROL_TASK)
+    if ct and "backtrack_vs_optimal_path" in ct["comparisons"]:
+        c, m = ct["comparisons"]["backtrack_vs_optimal_path"], ct["arms"]["backtrack"]["mean"]
+        prec, harm = m.get("bt_precision"), m.get("harm_rate")
+        met = dict(gain=c["diff"] >= CONTROL_GOAL["min_gain"] and c["ci95"][0] > 0,
+                   precision=prec is not None and prec >= CONTROL_GOAL["min_precision"], harm=harm is not None and harm <= CONTROL_GOAL["max_harm"])
+        s = (f"On the control task backtracking {'beat' if c['ci95'][0] > 0 else 'lost to' if c['ci95'][1] < 0 else 'did not separate from'} "
+             f"optimal-path SFT by {fmt(c)}; BT precision {prec if prec is None else round(prec, 3)}, harm {harm if harm is None else round(harm, 3)}: "
+             + ("the goal is met." if all(met.values()) else f"the goal is not met ({', '.join(k for k, v in met.items() if not v)} short)."))
+        o = ct["arms"]["optimal_path"]["mean"]
+        if not all(met.values()) and m.get("first_attempt_right") is not None:
+            s += (f" Proposing: first attempt right {m['first_attempt_right']:.3f} vs {o.get('first_attempt_right', float('nan')):.3f} for optimal-path;"
+                  f" checking: a wrong attempt kept on {m['kept_wrong']:.3f} of problems, a right one deleted on {m['deleted_right']:.3f}.")
+        if "backtrack_vs_best_of_n" in ct["comparisons"]:
+            s += f" Against best-of-n at matched tokens: {fmt(ct['comparisons']['backtrack_vs_best_of_n'])}."
+        if "negative_control_vs_optimal_path" in ct["comparisons"]:
+            s += f" The negative control (false claims) vs optimal paths: {fmt(ct['comparisons']['negative_control_vs_optimal_path'])}."
+        out.append(s)
+    at = tasks.get(ARITHMETIC_TASK)
+    if at:
+        cs = at["comparisons"]
+        parts = [f"{k.replace('_vs_', ' vs ')} {fmt(cs[k])}" for k in ("backtrack_sft_vs_clean_sft", "backtrack_grpo_vs_grpo_control") if k in cs]
+        out.append("On arithmetic: " + "; ".join(parts) + "." if parts else "On arithmetic: no comparison.")
+    return " ".join(out)
 
 # %% ../nbs/15_jobs.ipynb #99d1f20f
-def _table(arms: dict) -> pd.DataFrame:
+TABLE_COLUMNS = {CONTROL_TASK: ["exact_match", "counterfactual_exact_match", "recovery_rate", "harm_rate", "bt_precision", "tokens_per_problem",
+                                "first_attempt_right", "attempts", "repeats", "kept_wrong", "deleted_right"],
+                 ARITHMETIC_TASK: ["exact_match", "counterfactual_exact_match", "recovery_rate", "harm_rate", "bt_rate", "bt_precision",
+                                   "false_bt_rate", "tokens_per_problem", "sampled_exact_match", "pass_at_k"]}
+
+def _table(arms: dict, cols) -> pd.DataFrame:
     "Means with their 95% CI as text, one row per arm."
-    cols = ["exact_match", "counterfactual_exact_match", "recovery_rate", "harm_rate", "bt_rate", "bt_precision", "false_bt_rate",
-            "tokens_per_problem", "sampled_exact_match", "pass_at_k"]
     fmt = lambda m, c: "-" if m is None else (f"{m:.3f}" if c is None or c[0] == c[1] else f"{m:.3f} [{c[0]:.3f}, {c[1]:.3f}]")
     return pd.DataFrame({a: {k: fmt(s["mean"].get(k), s["ci95"].get(k)) for k in cols} for a, s in arms.items()}).T
 
+def _plot_arms(task: dict, metric: str, save_to, title: str):
+    "Bars of `metric` per arm (mean over seeds, 95%-CI error bars, a dot per seed)."
+    df = pd.DataFrame([dict(arm=a, **{metric: e.get(metric)}) for a, s in task["arms"].items() for e in s["per_seed"] if e.get(metric) is not None])
+    if len(df): plot_accuracy(df, group_by="arm", metric=metric, save_to=save_to, title=title)
+
 def _report(out: Path, summary: dict, smoke: bool) -> dict:
-    "Write the experiment's summary, table and plots into `out`; print the tables; returns the summary."
+    "Write the experiment's summary, tables and plots into `out`; print the tables and the verdict; returns the summary."
     first = out / f"seed-{summary['seeds'][0]}"
-    backtrack_views(first, ["backtrack_sft", "backtrack_dpo", "backtrack_grpo"], n=8 if smoke else 64,
-                    max_new_tokens=32 if smoke else 96, plots=out / "plots")
-    task = summary["tasks"]["toy_arithmetic_backtrack"]
+    for task, arms in ((CONTROL_TASK, ["backtrack", "negative_control"]), (ARITHMETIC_TASK, ["backtrack_sft", "backtrack_dpo", "backtrack_grpo"])):
+        backtrack_views(first, arms, n=8 if smoke else 64, max_new_tokens=32 if smoke else 96, plots=out / "plots",
+                        source=TASKS[task]["source"], difficulty=TASKS[task]["difficulty"])
+    summary["verdict"] = _verdict(summary)
     write_json_atomic(out / "summary.json", summary)
-    table = _table(task["arms"])
-    table.to_csv(out / "comparison.csv")
-    try:
-        df = compare_runs(out)
-        df = df.iloc[sorted(range(len(df)), key=lambda i: ARMS.index(df.arm.iloc[i]) if df.arm.iloc[i] in ARMS else len(ARMS))]
-        plot_accuracy(df, group_by="arm", metric="eval_exact_match_flexible", save_to=out / "accuracy.png")
-    except Exception as e: log.warning("no accuracy plot: %s", e)
-    print("\n" + table.to_string())
-    for name, c in task["comparisons"].items():
-        print(f"{name:>40}: {c['diff']:+.3f}  95% CI [{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}]  McNemar p={c['p_value']:.3g}  (n={c['n']})")
-    for name, c in task.get("best_of_n", {}).items():
-        print(f"{name:>40}: T=1 BT arm {c['bt_arm']:.3f} vs checked best-of-{c['n']} {c['best_of_n']:.3f} (token ratio {c['token_ratio']:.2f})")
-    print(f"\nwall {summary['wall_seconds']} s, seeds {summary['seeds']}; outputs in {out}/: summary.json, comparison.csv, "
-          "accuracy.png, plots/ (BT positions, samples with their edits), and seed-<s>/<arm>/ run folders")
+    tables = {t: _table(v["arms"], TABLE_COLUMNS[t]) for t, v in summary["tasks"].items()}
+    pd.concat(tables, names=["task", "arm"]).to_csv(out / "comparison.csv")
+    for t, v in summary["tasks"].items():
+        short = "control" if t == CONTROL_TASK else "arithmetic"
+        try:
+            _plot_arms(v, "exact_match", out / f"accuracy_{short}.png", f"{t}: exact match per arm (95% CI over seeds)")
+            _plot_arms(v, "bt_precision", out / f"bt_precision_{short}.png", f"{t}: BT precision per arm (95% CI over seeds)")
+        except Exception as e: log.warning("no plots for %s: %s", t, e)
+        print(f"\n{t}\n" + tables[t].to_string())
+        for name, c in v["comparisons"].items():
+            print(f"{name:>45}: {c['diff']:+.3f}  95% CI [{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}]  McNemar p={c['p_value']:.3g}  (n={c['n']})")
+    bo = summary["tasks"].get(CONTROL_TASK, {}).get("arms", {}).get("best_of_n")
+    if bo: print("best_of_n: " + ", ".join(f"seed {e['seed']}: n={e['n']} (token ratio {e['token_ratio']:.2f}{', capped' if e['capped'] else ''})" for e in bo["per_seed"]))
+    print(f"\nVERDICT: {summary['verdict']}")
+    print(f"\nwall {summary['wall_seconds']} s, seeds {summary['seeds']}, {summary['workers']} workers; outputs in {out}/: summary.json, "
+          "comparison.csv, accuracy_*.png, bt_precision_*.png, plots/ (BT positions, samples with their edits), and seed-<s>/<arm>/ run folders")
     return summary
 
 # %% ../nbs/15_jobs.ipynb #f356bdf4
-def experiment(root: str = "runs", name: str = "toy-experiment", seeds=(0,), steps: dict | None = None,
+def experiment(root: str = "runs", name: str = "toy-experiment", seeds=(0, 1, 2), steps: dict | None = None,
                eval_limit: int = 200, overwrite: bool = False, smoke: bool = False, extra: list[str] | None = None,
-               num_samples: int = 4, temperature: float = 1.0) -> dict:
-    "Run the toy experiment for each seed (pretrain → arms), evaluate every arm on the same problems, return the summary."
+               num_samples: int = 4, temperature: float = 1.0, workers: int = 2, quick: bool = False, ablations: bool = False,
+               arithmetic_seeds: int | None = 2) -> dict:
+    "Run the toy experiment (control task and arithmetic) for each seed, evaluate every arm on the same problems, return the summary."
     seeds = [seeds] if isinstance(seeds, int) and not isinstance(seeds, bool) else list(seeds)
     if not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
         raise TypeError(f"parameter 'seeds' must be distinct integers >= 0, got {seeds!r}")
-    _check_param("eval_limit", eval_limit, int, "an integer"); _check_param("num_samples", num_samples, int, "an integer")
-    _check_param("overwrite", overwrite, bool, "true or false"); _check_param("smoke", smoke, bool, "true or false")
+    for n, v in (("eval_limit", eval_limit), ("num_samples", num_samples), ("workers", workers)): _check_param(n, v, int, "an integer")
+    _check_param("arithmetic_seeds", arithmetic_seeds, (int, type(None)), "an integer or None")
+    if arithmetic_seeds is not None and arithmetic_seeds < 1: raise ValueError(f"parameter 'arithmetic_seeds' must be >= 1 or None, got {arithmetic_seeds}")
+    for n, v in (("overwrite", overwrite), ("smoke", smoke), ("quick", quick), ("ablations", ablations)): _check_param(n, v, bool, "true or false")
     if num_samples < 1: raise ValueError(f"parameter 'num_samples' must be >= 1, got {num_samples}")
+    if workers < 1: raise ValueError(f"parameter 'workers' must be >= 1, got {workers}")
+    if eval_limit < 1: raise ValueError(f"parameter 'eval_limit' must be >= 1, got {eval_limit}")
+    unknown = set(steps or {}) - set(EXPERIMENT_STEPS)
+    if unknown: raise ValueError(f"parameter 'steps' has unknown stages {sorted(unknown)}; known: {sorted(EXPERIMENT_STEPS)}")
     extra = as_overrides(extra, "overrides")
-    st = {**EXPERIMENT_STEPS, **(steps or {})}
-    if smoke: st, eval_limit, num_samples, root = dict(pretrain=2, sft=2, dpo=2, grpo=2), 4, 2, tempfile.mkdtemp(prefix="halluc-smoke-")
+    st = {**(QUICK_STEPS if quick else EXPERIMENT_STEPS), **(steps or {})}
+    if quick: seeds, eval_limit = seeds[:1], min(eval_limit, 100)
+    if smoke:   # every stage for 2 steps, two seeds (the pooling is exercised), in a temporary folder
+        st, seeds, eval_limit, num_samples, root = dict.fromkeys(EXPERIMENT_STEPS, 2), seeds[:2], 4, 2, tempfile.mkdtemp(prefix="halluc-smoke-")
     out, t0 = create_run_dir(root, name, overwrite=overwrite), time.time()
     small = ["data.toy_n_train=64", "data.toy_n_test=8", "eval.limit=4", "eval.max_new_tokens=32"] if smoke else []
-    recs = load_records("toy", "test", toy_n=eval_limit, seed=0)   # the same problems for every arm and seed
-    entries, rows = {a: [] for a in ARMS}, {a: [] for a in ARMS}
-    for seed in seeds:
-        common = [f"run.root={out / f'seed-{seed}'}", f"run.seed={seed}", f"model.seed={seed}", f"data.seed={seed}", *extra]
-        for arm, res in _train_arms(st, common, small, smoke).items():
-            print(f"evaluating {arm} (seed {seed}) ...", flush=True)
-            e, r = _eval_arm(arm, res, recs, num_samples, temperature, seed, smoke)
-            entries[arm].append(e); rows[arm] += r
-    arms = {a: _arm_summary(entries[a]) for a in ARMS}
-    summary = dict(seeds=seeds, wall_seconds=round(time.time() - t0, 1), control=None, steps=st, eval_limit=eval_limit,
-                   num_samples=num_samples, temperature=temperature, folder=str(out),
-                   tasks={"toy_arithmetic_backtrack": dict(arms=arms, comparisons=_comparisons(rows), best_of_n=_best_of_n(entries))})
+    ctx = dict(out=str(out), extra=extra, small=small, smoke=smoke, eval_limit=eval_limit, num_samples=num_samples,
+               temperature=temperature, workers=workers)
+    a_seeds = seeds if arithmetic_seeds is None else seeds[:arithmetic_seeds]
+    done = _run_units(_units(seeds, st, ablations, a_seeds), ctx)
+    tasks = {}
+    for task, ss in ((CONTROL_TASK, seeds), (ARITHMETIC_TASK, a_seeds)):
+        arms = [a for a in ARMS[task] if any((task, s, a) in done for s in ss)]
+        entries = {a: [done[task, s, a]["entry"] for s in ss] for a in arms}
+        rows = {a: [r for s in ss for r in done[task, s, a]["rows"]] for a in arms}
+        if task == CONTROL_TASK:
+            bo, bo_rows = _best_of_n(entries, rows, ss)
+            if bo: entries["best_of_n"], rows["best_of_n"] = bo, bo_rows
+        tasks[task] = dict(seeds=ss, arms={a: _arm_summary(e) for a, e in entries.items()}, comparisons=_comparisons(rows, COMPARISONS[task]))
+    summary = dict(seeds=seeds, wall_seconds=round(time.time() - t0, 1), control=CONTROL_TASK, steps=st, eval_limit=eval_limit,
+                   num_samples=num_samples, temperature=temperature, workers=workers, folder=str(out), tasks=tasks)
     return _report(out, summary, smoke)
 
 # %% ../nbs/15_jobs.ipynb #455862a4

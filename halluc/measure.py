@@ -6,7 +6,7 @@ Docs: https://halluc.github.io/halluc/measure.html.md"""
 
 # %% ../nbs/08_measure.ipynb #ae2f8de8
 from __future__ import annotations
-import bisect, math, random, time
+import bisect, math, random, re, time
 from typing import Callable, NamedTuple, Sequence
 import torch
 from .core import apply_backtracking, backtrack_edits
@@ -18,7 +18,8 @@ from .grading import answer_lines, answers_match, check_steps, extract_answer, f
 # %% auto #0
 __all__ = ['BTRun', 'bt_runs', 'bt_summary', 'precision_metrics', 'first_bt_prefix', 'recovery_harm', 'mcnemar_p',
            'paired_comparison', 'seed_summary', 'auroc', 'bt_prob_after', 'bt_detection_auroc', 'is_right',
-           'score_completions', 'counterfactual_completions', 'self_check', 'checked_pick', 'evaluate_completions']
+           'score_completions', 'counterfactual_completions', 'self_check', 'checked_pick', 'attempt_diagnostics',
+           'evaluate_completions']
 
 # %% ../nbs/08_measure.ipynb #37f1f7ae
 class BTRun(NamedTuple):
@@ -283,6 +284,38 @@ def checked_pick(texts: list[str], rec: dict | None = None) -> str:
     for t in texts:
         if self_check(t, rec): return t
     return texts[0] if texts else ""
+
+# %% ../nbs/08_measure.ipynb #5be0d2f4
+_ATTEMPT = re.compile(r"(\d+) \+ (\d+) = (\d+)")
+
+def attempt_diagnostics(records: list[dict], raw_texts: list[str], kept_texts: list[str], bt_token: str) -> dict:
+    """Means over control-task problems, from each completion's raw text (BTs written as `bt_token`) and its text after
+    backtracking: `first_attempt_right`, `attempts`, `repeats`, `right_pair_tried`, `honest_sums`, `kept_wrong` (split into
+    `kept_miss`: a kept sum misses the target, `kept_false_claim`: claims it falsely, `kept_unlisted`: reaches it with a number
+    not listed), `deleted_right`."""
+    keys = ("first_attempt_right", "attempts", "repeats", "right_pair_tried", "kept_wrong", "kept_miss", "kept_false_claim",
+            "kept_unlisted", "deleted_right")
+    tot, n, lines, honest = dict.fromkeys(keys, 0), 0, 0, 0
+    for rec, raw_text, kept_text in zip(records, raw_texts, kept_texts):
+        parsed = parse_target_question(rec.get("question") or "")
+        if parsed is None: continue
+        nums, target = parsed
+        n += 1
+        right = lambda a, b, c: a != b and a in nums and b in nums and a + b == c == target
+        raw = [tuple(map(int, m)) for m in _ATTEMPT.findall("\n".join(raw_text.split(bt_token)))]   # every attempt written
+        kept = [tuple(map(int, m)) for m in _ATTEMPT.findall(kept_text)]
+        lines += len(raw); honest += sum(a + b == c for a, b, c in raw)
+        pairs = [frozenset((a, b)) for a, b, _ in raw]
+        tot["first_attempt_right"] += bool(raw) and right(*raw[0])
+        tot["attempts"] += len(raw); tot["repeats"] += len(pairs) - len(set(pairs))
+        tot["right_pair_tried"] += any(right(a, b, a + b) for a, b, _ in raw)
+        tot["kept_wrong"] += any(not right(*x) for x in kept)
+        tot["kept_miss"] += any(c != target for a, b, c in kept)                             # the check should have fired
+        tot["kept_false_claim"] += any(c == target != a + b for a, b, c in kept)             # claims the target, sum is wrong
+        tot["kept_unlisted"] += any(a + b == c == target and not right(a, b, c) for a, b, c in kept)   # right sum, pair not listed
+        tot["deleted_right"] += sum(right(*x) for x in raw) > sum(right(*x) for x in kept)
+    if not n: return {}
+    return {k: v / n for k, v in tot.items()} | dict(honest_sums=honest / lines if lines else None, n=n)
 
 # %% ../nbs/08_measure.ipynb #2574cd8b
 def _majority(answers: list) -> str | None:

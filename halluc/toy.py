@@ -11,7 +11,7 @@ from collections import Counter
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, decoders, processors
 from transformers import PreTrainedTokenizerFast
-from .config import TOY_DIFFICULTIES, TOY_MODELS, parse_toy_name
+from .config import TOY_DIFFICULTIES, TOY_MODELS, TOY_SPLITS, parse_toy_name
 from .grading import find_steps, normalize_number, simple_operands
 
 # %% auto #0
@@ -54,14 +54,14 @@ def _problem(rng: random.Random, difficulty: int) -> tuple[str, str, int]:
     return " ".join(q), "\n".join(sol), cur
 
 # %% ../nbs/04_toy.ipynb #60bff8ae
-def _split_of(question: str, test_share: float = 0.2) -> str:
+def _split_of(question: str, test_share: float = 0.2, validation_share: float = 0.1) -> str:
     h = int(hashlib.sha1(question.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
-    return "test" if h < test_share else "train"
+    return "test" if h < test_share else "validation" if h < test_share + validation_share else "train"
 
 # %% ../nbs/04_toy.ipynb #e0f5c709
 def arithmetic_records(n: int, seed: int = 0, difficulty: int = 2, split: str = "train") -> list[dict]:
-    "`n` distinct toy problems of `split` (`train`|`test`), deterministic for a seed."
-    if split not in ("train", "test"): raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    "`n` distinct toy problems of `split` (`train`|`validation`|`test`), deterministic for a seed."
+    if split not in TOY_SPLITS: raise ValueError(f"split must be one of {TOY_SPLITS}, got {split!r}")
     if difficulty not in DIFFICULTIES: raise ValueError(f"difficulty must be one of {sorted(DIFFICULTIES)}, got {difficulty!r}")
     if not isinstance(n, int) or n < 0: raise ValueError(f"n must be a non-negative int, got {n!r}")
     rng, out, seen, tries = random.Random(f"{seed}-{split}-{difficulty}"), [], set(), 0
@@ -101,8 +101,8 @@ def _target_problem(rng: random.Random, difficulty: int) -> tuple[list[int], int
         if sum(a + b == target for x, a in enumerate(nums) for b in nums[x + 1:]) == 1: return nums, target, (nums[i], nums[j])
 
 def target_records(n: int, seed: int = 0, difficulty: int = 2, split: str = "train") -> list[dict]:
-    "`n` distinct target problems of `split` (`train`|`test`), deterministic for a seed."
-    if split not in ("train", "test"): raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    "`n` distinct target problems of `split` (`train`|`validation`|`test`), deterministic for a seed."
+    if split not in TOY_SPLITS: raise ValueError(f"split must be one of {TOY_SPLITS}, got {split!r}")
     if difficulty not in TARGET_DIFFICULTIES: raise ValueError(f"difficulty must be one of {sorted(TARGET_DIFFICULTIES)}, got {difficulty!r}")
     if isinstance(n, bool) or not isinstance(n, int) or n < 0: raise ValueError(f"n must be a non-negative int, got {n!r}")
     rng, out, seen, tries = random.Random(f"target-{seed}-{split}-{difficulty}"), [], set(), 0
@@ -150,6 +150,7 @@ def _corpus() -> list[str]:
     extra = ["Question: Solve the problem step by step. Finish with the line 'The answer is: N'.",
              "Answer: The answer is: 42", "delete the previous token undo backspace back remove erase",
              "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May."]
+    recs += target_records(100, seed=12345)
     return extra + [r["question"] + "\n" + r["answer"] for r in recs]
 
 # %% ../nbs/04_toy.ipynb #689d5307

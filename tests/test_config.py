@@ -128,7 +128,7 @@ CASES = [  # (mapping, dotted key, expected suggestion or None, a fragment of th
     ({"data": {"converter_params": {"ratoi": 0.5}}}, "data.converter_params.ratoi", "ratio", "converter parameter"),
     ({"data": {"converter_params": {"ratio": 2}}}, "data.converter_params.ratio", None, "[0, 1]"),
     ({"data": {"eval_split": "train"}}, "data.eval_split", None, "leaks"),
-    ({"data": {"split": "validation"}}, "data.split", None, "toy task"),
+    ({"data": {"split": "valid"}}, "data.split", "validation", "toy tasks"),
     ({"run": {"resume": True, "overwrite": True}}, "run.overwrite", None, "pick one"),
     ({"run": {"name": "a/b"}}, "run.name", None, "folder name"),
     ({"model": "toy:llama-tiny"}, "model", None, "mapping"),

@@ -57,15 +57,40 @@ def test_search_traces_backtrack_to_the_optimal_path(tok_bt, mask):
         assert any(masked) == mask and ex["n_bt"] > 0
         n_att += ex["n_errors"]
     assert len(ds) == 2000 and 2000 <= n_att <= 8000
-    # the attempts are honest: each deleted line is `a + b = a+b` with a, b from the list, never the solution
-    e = clean[recs[0]["id"]]
-    for seed in range(50):
-        segs = convert_search(e, tok, random.Random(seed), ConvertParams(bt_id=bt, num_errors=4))
-        for ids, kind in segs:
-            if kind != "error": continue
-            line = tok.decode(ids)
+    # the attempts are honest: each deleted line is `a + b = a+b` with a, b from the list, never the solution;
+    # the proposal `a + b` is the masked span, its true sum ` = s` trains, and the BTs delete both
+    for r in recs[:40]:
+        e = clean[r["id"]]
+        segs = convert_search(e, tok, random.Random(r["id"]), ConvertParams(bt_id=bt, num_errors=4))
+        for (p, kp), (res, kr), (bts, kb) in zip(segs[0:-1:3], segs[1:-1:3], segs[2:-1:3]):
+            assert (kp, kr, kb) == ("error", "ok", "bt") and len(bts) == len(p) + len(res) and set(bts) == {bt}
+            line = tok.decode(p + res)
             (a, b), s = (int(x) for x in line.split(" = ")[0].split(" + ")), int(line.split(" = ")[1])
-            assert a + b == s != recs[0]["target"] and a in recs[0]["numbers"] and b in recs[0]["numbers"] and a != b
+            assert a + b == s != r["target"] and a in r["numbers"] and b in r["numbers"] and a != b
+            assert r["numbers"].index(a) < r["numbers"].index(b)       # in the list's order, as the solution writes its pair
+
+
+def test_negative_control_traces_claim_the_target(tok_bt):
+    "honest=False: each failed attempt claims the target (a false line), is one masked span, and is deleted whole."
+    tok, bt = tok_bt
+    recs = target_records(300, seed=1)
+    ds = build_sft_dataset(recs, tok, bt, "search", {"num_errors": 3, "ratio": 1.0, "honest": False}, mask_errors=True, max_length=None)
+    clean = {e.record["id"]: e for e in encode_records(recs, tok)}
+    for ex in ds:
+        assert apply_backtracking(ex["input_ids"][ex["prompt_len"]:], bt) == clean[ex["id"]].completion_ids
+    for r in recs[:40]:
+        segs = convert_search(clean[r["id"]], tok, random.Random(r["id"]), ConvertParams(bt_id=bt, num_errors=3, honest=False))
+        for (ids, kind), (bts, kb) in zip(segs[0:-1:2], segs[1:-1:2]):
+            a, b, s = (int(x) for x in tok.decode(ids).replace("+", " ").replace("=", " ").split())
+            assert kind == "error" and kb == "bt" and len(bts) == len(ids) and s == r["target"] != a + b
+
+
+def test_validation_split_is_carved_from_train_and_disjoint():
+    for make in (target_records,):
+        tr, va, te = ({r["question"] for r in make(2000, seed=0, split=s)} for s in ("train", "validation", "test"))
+        assert len(va) == 2000 and not tr & va and not va & te and not tr & te
+    cfg = load_config(None, ["data.source=toy_target", "data.eval_split=validation"])
+    assert cfg.data.eval_split == "validation"
 
 
 def test_config_and_loader(tok_bt):

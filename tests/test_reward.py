@@ -25,7 +25,9 @@ TOK, BT = patched_tok("qwen")
 FUNCS = make_reward_funcs(TOK, BT)
 def enc(s, tok=TOK): return tok(s, add_special_tokens=False)["input_ids"]
 
-REC = arithmetic_records(1, seed=3, difficulty=3)[0]
+# a fixed record whose first step's result has two digits (10..79), so the "wrong" numbers below (c+10, c+20)
+# differ from it in the first digit and nothing is retyped
+REC = next(r for r in arithmetic_records(50, seed=3, difficulty=3) if 10 <= int(r["solution"].split("\n")[0].split()[-1]) < 80)
 Q, FINAL = REC["question"], REC["final"]
 STEPS = [l for l in REC["solution"].split("\n") if not l.startswith("####")]
 CLEAN = "\n".join(STEPS) + f"\nThe answer is: {FINAL}"
@@ -150,7 +152,8 @@ def test_efficiency_terms():
     assert e([BT, BT] + fixed, final=str(int(FINAL) + 1)) == pytest.approx(0.8)      # no bonus when the answer is wrong
     wrong2 = enc(str(int(c) + 20))
     twice = head + wrong + [BT] * len(wrong) + wrong2 + [BT] * len(wrong2) + clean[len(head):]
-    assert e([BT, BT, BT, BT] + twice) == pytest.approx(0.8)                         # the bonus never stacks
+    over_cap = lambda ids: max(0.0, 0.5 * (ids.count(BT) / len(ids) - 0.2) / 0.8)     # the BT-rate penalty (see below)
+    assert e([BT, BT, BT, BT] + twice) == pytest.approx(0.8 - over_cap([BT, BT, BT, BT] + twice))   # the bonus never stacks
     funcs0 = make_reward_funcs(TOK, BT, RewardConfig(recovery_bonus=0.0))
     assert e([BT, BT] + fixed, funcs=funcs0) == pytest.approx(0.8)
     # a wrong answer taken back

@@ -1,0 +1,86 @@
+"""Recipe search for the control task's `backtrack` arm, on the VALIDATION split (carved from train; test is never read).
+
+Each recipe is trained with `halluc.jobs.train_job` (the experiment's configs plus overrides) and evaluated greedy on
+200 validation problems by the run's own quick eval (`data.eval_split=validation`), then diagnosed with
+`halluc.measure.attempt_diagnostics`. Continued recipes start from the `opt` model, as the experiment's arms start from
+`control_pretrain`. One seed, one thread per process; run two at a time on a 2-core machine.
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/control_recipes.py opt btc5 [--root /tmp/recipes]
+
+Figures from the session that chose the shipped recipe (toy:llama-tiny, difficulty 1, batch 32, 200 validation
+problems, seed 0 unless said; EM = exact match by the verifier; first = first attempt right; prec = BT precision;
+kept = a wrong attempt kept: miss (sum != target) / unlisted (target reached with a number not listed)):
+  recipe                                                         EM     first  prec   recovery harm  kept miss/unlisted
+  opt     clean, 600 steps from scratch (the start of the c* runs) 0.715  0.715  -      -        -     0.00 / 0.045 (false claims 0.24)
+  optc    opt + 300 clean                                          0.715
+  optc12  opt + 1200 clean  (the matched control of *12)           0.865  0.865  -      -        -     0.00 / 0.07
+  btu1    search, proposals trained, 600 from scratch              0.25   0.245  0.89
+  btm1    search masked, 600 from scratch                          0.35   0.36   0.97
+  bts15   search masked, 1500 from scratch                         0.77   0.765  0.48   0.01     0.005 0.015 / 0.215
+  btc     opt + 300 search masked, ratio 0.8                       0.345  0.44   0.72   0.115    0.20  (deleted a right attempt 0.44)
+  btc5    opt + 600 search masked, ratio 0.5                       0.715  0.63   0.94   0.095    0.01  0.08 / 0.19
+  btc12   opt + 1200 search masked, ratio 0.5 (shipped recipe)     0.85   0.83   1.00   0.02     0.00  0.01 / 0.14
+  btc12s1 the same, seed 1                                         0.875  0.845  1.00   0.03     0.00  0.01 / 0.115
+  offc    btc5 + proposals that reach the target with an unlisted number   0.685  0.70  0.62  0.01  0.025
+  offc12  btc12 + the same                                         0.825  0.805  0.66   0.035    0.015 0.065 / 0.11
+  offc12r8 offc12 with ratio 0.8                                   0.81   0.72   0.45   0.14     0.05  0.025 / 0.165
+  sys6    systematic search (every pair in order), 600 from scratch 0.15  0.115  0.87   0.14     0.105 0.81 / 0.035
+  sysc    opt + 400 systematic                                      0.10   0.115  0.85   0.08     0.095 0.86 / 0.01
+  sys15   systematic, 1500 from scratch                             0.28   0.115  0.86   0.265    0.10  0.715 / 0.005
+Reading: the sum check is learned (precision 1.0, no harm) once the traces get ~1200 steps, but the model's own
+residual errors are then pairs that reach the target with a number that is not listed, which a sum check cannot see;
+training the membership check (offc*) or a systematic search (sys*) did not converge at these budgets. No recipe beat
+matched optimal-path SFT on validation.
+"""
+import argparse, json, os, sys, time
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+import torch
+torch.set_num_threads(1)
+from halluc.data import load_records
+from halluc.generate import generate_completions
+from halluc.jobs import train_job
+from halluc.measure import attempt_diagnostics
+from halluc.patcher import load_backtrack_model
+
+CONT = ["trainer.learning_rate=1e-3", "trainer.lr_scheduler_type=constant", "trainer.warmup_steps=0"]
+RECIPES = {   # name -> (config, start recipe or None, steps, overrides)
+    "opt": ("configs/toy_target_optimal.yaml", None, 600, []),
+    "optc": ("configs/toy_target_optimal.yaml", "opt", 300, CONT),
+    "btu1": ("configs/toy_target_backtrack.yaml", None, 600, ["data.mask_errors=false"]),
+    "btm1": ("configs/toy_target_backtrack.yaml", None, 600, []),
+    "btc": ("configs/toy_target_backtrack.yaml", "opt", 300, CONT + ["data.converter_params.ratio=0.8"]),
+    "btc5": ("configs/toy_target_backtrack.yaml", "opt", 600, CONT),
+    "negc": ("configs/toy_target_backtrack.yaml", "opt", 600, CONT + ["data.converter_params.honest=false"]),
+    "optc12": ("configs/toy_target_optimal.yaml", "opt", 1200, CONT),
+    "btc12": ("configs/toy_target_backtrack.yaml", "opt", 1200, CONT),
+    "offc": ("configs/toy_target_backtrack.yaml", "opt", 600, CONT + ["data.converter_params.unlisted=true"]),
+    "offc12": ("configs/toy_target_backtrack.yaml", "opt", 1200, CONT + ["data.converter_params.unlisted=true"]),
+    "offc12r8": ("configs/toy_target_backtrack.yaml", "opt", 1200, CONT + ["data.converter_params.unlisted=true", "data.converter_params.ratio=0.8"]),
+    "sys6": ("configs/toy_target_backtrack.yaml", None, 600, ["data.converter_params.systematic=true", "data.converter_params.ratio=1.0",
+                                                                "data.mask_errors=false", "eval.max_new_tokens=160"]),
+    "bts15": ("configs/toy_target_backtrack.yaml", None, 1500, []),
+}
+
+def run(name, root, seed=0):
+    cfg, base, steps, more = RECIPES[name]
+    ovs = [f"run.root={root}", f"run.name={name}", "run.overwrite=true", f"run.seed={seed}", f"model.seed={seed}", f"data.seed={seed}",
+           "data.eval_split=validation", "eval.limit=200", f"trainer.max_steps={steps}", *more]
+    if base: ovs.append(f"model.name_or_path={root}/{base}/model")
+    t0 = time.time()
+    q = train_job("sft", cfg, ovs)["quick_eval"]
+    model, tok, info = load_backtrack_model(f"{root}/{name}/model")
+    recs = load_records("toy_target", "validation", toy_n=200, toy_difficulty=1)
+    ids = generate_completions(model, tok, recs, 128)
+    raw = [tok.decode(i, skip_special_tokens=False) for i in ids]
+    from halluc.core import apply_backtracking
+    kept = [tok.decode(apply_backtracking(i, info["bt_id"]), skip_special_tokens=True) for i in ids]
+    d = attempt_diagnostics(recs, raw, kept, tok.convert_ids_to_tokens(info["bt_id"]))
+    keys = ("exact_match", "counterfactual_exact_match", "recovery_rate", "harm_rate", "bt_precision", "share_with_bt", "tokens_per_problem")
+    print(json.dumps(dict(recipe=name, seconds=round(time.time() - t0), **{k: q.get(k) for k in keys}, **d)), flush=True)
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("recipes", nargs="+", choices=sorted(RECIPES)); ap.add_argument("--root", default="/tmp/halluc-recipes")
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args()
+    for r in a.recipes: run(r, a.root, a.seed)
