@@ -34,15 +34,26 @@ def _train_parser(sub):
     t.set_defaults(fn=_cmd_train)
 
 # %% ../nbs/16_cli.ipynb #1babeac3
-def _cmd_eval(a):
-    from halluc.jobs import eval_job, eval_table
+def _eval_inputs(a) -> tuple[str, dict]:
+    "The model and the `eval_job` settings of a `halluc eval` command line: flags first, then a YAML config's `eval`, then defaults."
+    kw = dict(tasks=a.tasks, limit=a.limit, batch_size=a.batch_size, max_new_tokens=a.max_new_tokens, device=a.device,
+              output_dir=a.output_dir, gsm8k_path=a.gsm8k_path)
     target = a.target
     if target.endswith((".yaml", ".yml")):
         from halluc.config import load_config
         cfg = load_config(target, a.overrides)
-        target, tasks, limit = cfg.model.name_or_path, a.tasks or cfg.eval.tasks, a.limit or cfg.eval.limit
-    else: tasks, limit = a.tasks or ["toy_arithmetic_backtrack"], a.limit
-    res = eval_job(target, tasks, limit=limit, output_dir=a.output_dir, batch_size=a.batch_size, gsm8k_path=a.gsm8k_path)
+        target = cfg.model.name_or_path
+        for k in ("tasks", "limit", "batch_size", "max_new_tokens", "device"):
+            if kw[k] is None: kw[k] = getattr(cfg.eval, k)
+    elif a.overrides: raise SystemExit(f"halluc eval: overrides {a.overrides} need a YAML config as the target, not {target!r}")
+    kw["tasks"] = kw["tasks"] or ["toy_arithmetic_backtrack"]
+    if kw["batch_size"] is None: kw["batch_size"] = 16
+    return target, kw
+
+def _cmd_eval(a):
+    from halluc.jobs import eval_job, eval_table
+    target, kw = _eval_inputs(a)
+    res = eval_job(target, **kw)
     print(eval_table(res).to_string(float_format=lambda x: f"{x:.4f}"))
 
 def _eval_parser(sub):
@@ -51,7 +62,9 @@ def _eval_parser(sub):
     e.add_argument("target", help="model folder, run folder, or YAML config")
     e.add_argument("overrides", nargs="*", help="overrides for a YAML config")
     e.add_argument("--tasks", nargs="+", help="toy_arithmetic_backtrack, toy_target_backtrack, gsm8k_backtrack, gsm8k_backtrack_cot_8shot")
-    e.add_argument("--limit", type=int); e.add_argument("--batch-size", type=int, default=16)
+    e.add_argument("--limit", type=int); e.add_argument("--batch-size", type=int, help="default: the config's eval.batch_size, else 16")
+    e.add_argument("--max-new-tokens", type=int, help="default: the config's eval.max_new_tokens, else each task's own")
+    e.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: the config's eval.device, else the accelerator if any)")
     e.add_argument("--output-dir", help="where eval.json goes (default: the run folder)")
     e.add_argument("--gsm8k-path", help="local GSM8K test jsonl (default: $GSM8K_DIR/test.jsonl or the Hub)")
     e.set_defaults(fn=_cmd_eval)

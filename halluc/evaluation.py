@@ -31,8 +31,9 @@ log = logging.getLogger("halluc.evaluation")
 __all__ = ['log', 'HUB_GSM8K', 'GSM8K_COT_EXEMPLARS', 'COT_PREFIX', 'PAYLOAD_KEY', 'METRICS', 'HALLUC_TASKS', 'UTILS_PY',
            'resolve_gsm8k_path', 'gsm8k_dataset', 'gsm8k_cot_dataset', 'toy_dataset', 'toy_target_dataset',
            'doc_to_text_zeroshot', 'doc_to_text_cot', 'make_payload', 'parse_payload', 'per_100_tokens', 'ratio',
-           'rouge_l', 'score_text', 'process_results', 'HFBacktrackLM', 'package_task_dir', 'task_yaml',
-           'write_task_files', 'task_dir', 'summarize', 'evaluate', 'lm_eval_main', 'print_include_path', 'main']
+           'rouge_l', 'score_text', 'process_results', 'default_device', 'HFBacktrackLM', 'package_task_dir',
+           'task_yaml', 'write_task_files', 'task_dir', 'summarize', 'evaluate', 'lm_eval_main', 'print_include_path',
+           'main']
 
 # %% ../nbs/13_eval.ipynb #eca17dd8
 HUB_GSM8K = "openai/gsm8k"
@@ -202,6 +203,13 @@ def _warn_once(key: str, msg: str):
     warnings.warn(msg, stacklevel=3)
     log.warning(msg)
 
+def default_device(device: str | None = None) -> str:
+    "`device` when given, else the accelerator this machine has (`cuda`, then `mps`), else `cpu`."
+    if device is not None: return str(device)
+    if torch.cuda.is_available(): return "cuda"
+    mps = getattr(torch.backends, "mps", None)
+    return "mps" if mps is not None and mps.is_available() else "cpu"
+
 def _torch_dtype(dtype):
     if dtype is None or isinstance(dtype, torch.dtype) or dtype == "auto": return dtype
     try: return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -352,12 +360,13 @@ class HFBacktrackLM(HFLM):
     `pretrained`: a halluc model folder (`halluc.json`), a plain HF folder or Hub name (no backtracking, one
     warning), or a model object (with `tokenizer`). `rebuild_prompt`: give zero-shot halluc documents the
     tokenizer's chat template, as training did. `merge_lora`: merge an adapter folder's LoRA for speed."""
-    def __init__(self, pretrained, tokenizer=None, device: str | None = "cpu", dtype="auto", trust_remote_code: bool = False,
+    def __init__(self, pretrained, tokenizer=None, device: str | None = None, dtype="auto", trust_remote_code: bool = False,
                  rebuild_prompt: bool = True, merge_lora: bool = False, **kwargs):
         self.halluc_info, self.bt_id, self.bt_token = None, None, None
         self.rebuild_prompt = str(rebuild_prompt).lower() not in ("false", "0", "no")
         self._capture = None
         if isinstance(pretrained, os.PathLike): pretrained = os.fspath(pretrained)
+        if isinstance(pretrained, str): device = default_device(device)   # a model object stays where it is unless told
         if isinstance(pretrained, str) and Path(pretrained).expanduser().is_dir():
             self.model_name, model, tok, self.halluc_info = _load_folder(pretrained, tokenizer, device, dtype, trust_remote_code, merge_lora)
             if self.halluc_info is not None: self.bt_token, self.bt_id = self.halluc_info["bt_token"], int(self.halluc_info["bt_id"])
@@ -533,10 +542,11 @@ def _write_outputs(output_dir, out: dict, samples: dict):
     write_json_atomic(od / "eval.json", json.loads(json.dumps(out, default=str)))
 
 # %% ../nbs/13_eval.ipynb #cba6e287
-def evaluate(model_path_or_obj, tasks, limit: int | float | None = None, batch_size: int = 16, device: str | None = "cpu",
+def evaluate(model_path_or_obj, tasks, limit: int | float | None = None, batch_size: int = 16, device: str | None = None,
              output_dir=None, tokenizer=None, max_new_tokens: int | None = None, gsm8k_path=None, toy_difficulty: int = 2,
              model_args: dict | None = None, log_samples: bool = True, toy_n: int = 200) -> dict:
     """Evaluate a halluc model folder, a model object (+ `tokenizer`) or an lm-eval `LM` on halluc `tasks`.
+    `device`: None is the accelerator when there is one (`default_device`; a model object stays on its device);
     `max_new_tokens` overrides each task's `max_gen_toks`; `gsm8k_path` the GSM8K source; `toy_difficulty` and `toy_n`
     the toy tasks' test problems. Returns the summary dict."""
     from lm_eval import simple_evaluate
@@ -552,7 +562,7 @@ def evaluate(model_path_or_obj, tasks, limit: int | float | None = None, batch_s
     samples = res.pop("samples", None) or {}
     out = dict(model=getattr(lm, "model_name", type(lm).__name__), bt_token=getattr(lm, "bt_token", None),
                bt_id=getattr(lm, "bt_id", None), backtracking=getattr(lm, "bt_id", None) is not None,
-               tasks=summarize(res), settings=dict(tasks=names, limit=limit, batch_size=batch_size, device=device,
+               tasks=summarize(res), settings=dict(tasks=names, limit=limit, batch_size=batch_size, device=str(getattr(lm, "device", device)),
                                                    max_new_tokens=max_new_tokens, gsm8k_path=gsm8k_path, include_path=str(inc)),
                lm_eval=res)
     if output_dir is not None: _write_outputs(output_dir, out, samples)

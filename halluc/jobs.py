@@ -104,15 +104,15 @@ def train_job(kind: str, config: str | None, overrides=(), run_name: str | None 
 # %% ../nbs/15_jobs.ipynb #d43a9830
 def eval_job(model: str, tasks=None, limit: int | None = None, output_dir: str | None = None, batch_size: int = 16,
              max_new_tokens: int | None = None, toy_difficulty: int = 2, gsm8k_path: str | None = None, smoke: bool = False,
-             toy_n: int = 200) -> dict:
-    "Evaluate model folder `model` (a run folder or its `model/`) on halluc `tasks`; writes `eval.json`."
+             toy_n: int = 200, device: str | None = None) -> dict:
+    "Evaluate model folder `model` (a run folder or its `model/`) on halluc `tasks` (on `device`, default the accelerator if any); writes `eval.json`."
     p = Path(model)
     if (p / "model" / "halluc.json").exists() or (p / "model" / "config.json").exists(): p = p / "model"
     if not p.exists(): raise FileNotFoundError(f"model folder not found: {model}")
     if smoke: limit, max_new_tokens = min(limit or 4, 4), min(max_new_tokens or 32, 32)
     out = Path(output_dir) if output_dir else p.parent
     res = evaluate(str(p), tasks or ["toy_arithmetic_backtrack"], limit=limit, batch_size=batch_size, output_dir=out,
-                   max_new_tokens=max_new_tokens, toy_difficulty=toy_difficulty, gsm8k_path=gsm8k_path, toy_n=toy_n)
+                   max_new_tokens=max_new_tokens, toy_difficulty=toy_difficulty, gsm8k_path=gsm8k_path, toy_n=toy_n, device=device)
     return res
 
 # %% ../nbs/15_jobs.ipynb #c4b0b515
