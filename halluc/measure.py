@@ -6,14 +6,14 @@ Docs: https://halluc.github.io/halluc/measure.html.md"""
 
 # %% ../nbs/08_measure.ipynb #ae2f8de8
 from __future__ import annotations
-import bisect, math, random, re, time
+import bisect, math, random, time
 from typing import Callable, NamedTuple, Sequence
 import torch
 from .core import apply_backtracking, backtrack_edits
 from .data import ConvertParams, encode_prompts, encode_records, example_rng, format_target, numeric_mistakes
 from .generate import continue_completions, generate_batch, generate_completions
 from .toy import parse_target_question, target_solved
-from .grading import answer_lines, answers_match, check_steps, extract_answer, find_steps, normalize_number
+from .grading import answer_lines, answers_match, check_steps, extract_answer, find_steps, normalize_number, simple_operands
 
 # %% auto #0
 __all__ = ['BTRun', 'bt_runs', 'bt_summary', 'precision_metrics', 'first_bt_prefix', 'recovery_harm', 'mcnemar_p',
@@ -286,7 +286,14 @@ def checked_pick(texts: list[str], rec: dict | None = None) -> str:
     return texts[0] if texts else ""
 
 # %% ../nbs/08_measure.ipynb #5be0d2f4
-_ATTEMPT = re.compile(r"(\d+) \+ (\d+) = (\d+)")
+def _sums(text: str) -> list[tuple[int, int, int]]:
+    "The `a + b = c` steps of `text` (`halluc.grading.find_steps`) as integers."
+    out = []
+    for st in find_steps(text):
+        ops = simple_operands(st)
+        if ops and ops[1] == "+" and all(x.isdigit() for x in (ops[0], ops[2], st.claimed or "-")):
+            out.append((int(ops[0]), int(ops[2]), int(st.claimed)))
+    return out
 
 def attempt_diagnostics(records: list[dict], raw_texts: list[str], kept_texts: list[str], bt_token: str) -> dict:
     """Means over control-task problems, from each completion's raw text (BTs written as `bt_token`) and its text after
@@ -299,11 +306,11 @@ def attempt_diagnostics(records: list[dict], raw_texts: list[str], kept_texts: l
     for rec, raw_text, kept_text in zip(records, raw_texts, kept_texts):
         parsed = parse_target_question(rec.get("question") or "")
         if parsed is None: continue
-        nums, target = parsed
         n += 1
-        right = lambda a, b, c: a != b and a in nums and b in nums and a + b == c == target
-        raw = [tuple(map(int, m)) for m in _ATTEMPT.findall("\n".join(raw_text.split(bt_token)))]   # every attempt written
-        kept = [tuple(map(int, m)) for m in _ATTEMPT.findall(kept_text)]
+        target = parsed[1]
+        right = lambda a, b, c: target_solved(f"{a} + {b} = {c}", *parsed)               # the task's own verifier, one line
+        raw = _sums("\n".join(raw_text.split(bt_token)))                                  # every attempt written
+        kept = _sums(kept_text)
         lines += len(raw); honest += sum(a + b == c for a, b, c in raw)
         pairs = [frozenset((a, b)) for a, b, _ in raw]
         tot["first_attempt_right"] += bool(raw) and right(*raw[0])
