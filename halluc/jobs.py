@@ -197,8 +197,8 @@ def _task_records(task: str, n: int) -> list[dict]:
     "The test problems every arm and seed of `task` is evaluated on."
     return load_records(TASKS[task]["source"], "test", toy_n=n, seed=0, toy_difficulty=TASKS[task]["difficulty"])
 
-def _greedy(res: dict, recs: list[dict], task: str, smoke: bool) -> tuple[dict, list, list]:
-    "Greedy metrics, per-problem rows and payloads of one arm from lm-eval (`eval.json` and the per-sample log), on exactly `recs`."
+def _greedy(res: dict, recs: list[dict], task: str, smoke: bool) -> tuple[dict, list, list, str | None]:
+    "Greedy metrics, per-problem rows, payloads and the BT token of one arm from lm-eval (`eval.json` and the per-sample log), on exactly `recs`."
     ev = eval_job(res["run_dir"], tasks=[task], limit=len(recs), toy_n=len(recs), toy_difficulty=TASKS[task]["difficulty"],
                   smoke=False, max_new_tokens=32 if smoke else None)
     samples = sorted(ev["samples"][task], key=lambda r: r["doc_id"])
@@ -206,18 +206,20 @@ def _greedy(res: dict, recs: list[dict], task: str, smoke: bool) -> tuple[dict, 
     rows = [dict(id=r["doc"]["id"], right=bool(r["exact_match_flexible"]), counterfactual_right=bool(r["counterfactual_exact_match"]),
                  n_bt=int(r["share_with_bt"])) for r in samples]
     m = ev["tasks"][task]["metrics"]
-    return dict(m, exact_match=m["exact_match_flexible"]), rows, [parse_payload(r.get("filtered_resps") or r.get("resps")) for r in samples]
+    return (dict(m, exact_match=m["exact_match_flexible"]), rows, [parse_payload(r.get("filtered_resps") or r.get("resps")) for r in samples],
+            ev.get("bt_token"))
 
 def _eval_arm(u: dict, res: dict, recs: list[dict], num_samples: int, temperature: float, smoke: bool) -> tuple[dict, list]:
     "`(per-seed entry, greedy per-problem rows)` of unit `u`; writes `eval.json` (lm-eval) and the training plot."
     arm, task, seed, n_new = u["arm"], u["task"], u["seed"], 32 if smoke else 128
-    greedy, rows, payloads = _greedy(res, recs, task, smoke)
+    greedy, rows, payloads, bt_token = _greedy(res, recs, task, smoke)
     entry = dict(seed=seed, **{k: greedy[k] for k in PER_SEED_KEYS}, steps=res["global_step"], train_seconds=round(res["train_seconds"], 1))
-    model, tok, info = load_backtrack_model(Path(res["run_dir"]) / "model")
-    bt = info["bt_id"]
     if task == CONTROL_TASK:
-        d = attempt_diagnostics(recs, [p.get("raw", "") for p in payloads], [p.get("text", "") for p in payloads], tok.convert_ids_to_tokens(bt))
+        d = attempt_diagnostics(recs, [p.get("raw", "") for p in payloads], [p.get("text", "") for p in payloads], bt_token)
         entry.update({k: v for k, v in d.items() if k != "n"})
+    if arm in SAMPLED or arm == "backtrack_sft":   # the model itself only where it generates again
+        model, tok, info = load_backtrack_model(Path(res["run_dir"]) / "model")
+        bt = info["bt_id"]
     if arm in SAMPLED:
         sampled = evaluate_completions(model, tok, bt, recs, n_new, temperature=temperature, num_samples=num_samples, seed=seed)
         m = sampled["metrics"]

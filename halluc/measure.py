@@ -295,7 +295,7 @@ def _sums(text: str) -> list[tuple[int, int, int]]:
             out.append((int(ops[0]), int(ops[2]), int(st.claimed)))
     return out
 
-def attempt_diagnostics(records: list[dict], raw_texts: list[str], kept_texts: list[str], bt_token: str) -> dict:
+def attempt_diagnostics(records: list[dict], raw_texts: list[str], kept_texts: list[str], bt_token: str | None) -> dict:
     """Means over control-task problems, from each completion's raw text (BTs written as `bt_token`) and its text after
     backtracking: `first_attempt_right`, `attempts`, `repeats`, `right_pair_tried`, `honest_sums`, `kept_wrong` (split into
     `kept_miss`: a kept sum misses the target, `kept_false_claim`: claims it falsely, `kept_unlisted`: reaches it with a number
@@ -309,7 +309,7 @@ def attempt_diagnostics(records: list[dict], raw_texts: list[str], kept_texts: l
         n += 1
         target = parsed[1]
         right = lambda a, b, c: target_solved(f"{a} + {b} = {c}", *parsed)               # the task's own verifier, one line
-        raw = _sums("\n".join(raw_text.split(bt_token)))                                  # every attempt written
+        raw = _sums("\n".join(raw_text.split(bt_token)) if bt_token else raw_text)       # every attempt written
         kept = _sums(kept_text)
         lines += len(raw); honest += sum(a + b == c for a, b, c in raw)
         pairs = [frozenset((a, b)) for a, b, _ in raw]

@@ -86,9 +86,8 @@ def test_negative_control_traces_claim_the_target(tok_bt):
 
 
 def test_validation_split_is_carved_from_train_and_disjoint():
-    for make in (target_records,):
-        tr, va, te = ({r["question"] for r in make(2000, seed=0, split=s)} for s in ("train", "validation", "test"))
-        assert len(va) == 2000 and not tr & va and not va & te and not tr & te
+    tr, va, te = ({r["question"] for r in target_records(2000, seed=0, split=s)} for s in ("train", "validation", "test"))
+    assert len(va) == 2000 and not tr & va and not va & te and not tr & te
     cfg = load_config(None, ["data.source=toy_target", "data.eval_split=validation"])
     assert cfg.data.eval_split == "validation"
 
