@@ -26,7 +26,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export GSM8K_DIR ?= $(abspath $(CURDIR)/../shared/data/gsm8k)
 
-.PHONY: install run test test-fast export check-export nbdev-test pytest bench clean
+.PHONY: install run test test-fast test-compat export check-export nbdev-test pytest bench clean
 
 install: $(STAMP)
 
@@ -67,6 +67,20 @@ test: check-export nbdev-test pytest
 # the edit loop: the tests that neither train nor spawn processes
 test-fast: install
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest tests -m "not slow"
+
+# The declared lower bounds are true: a second venv at exactly pyproject.toml's floors (requirements/lowest.txt)
+# runs the fast tests. Made once, reused while requirements/lowest.txt and pyproject.toml stay as they are.
+COMPAT := .venv-compat
+$(COMPAT)/.halluc-installed: pyproject.toml requirements/lowest.txt
+	@test -x $(COMPAT)/bin/python || python3 -m venv $(COMPAT)
+	$(COMPAT)/bin/python -m pip install -q --upgrade pip
+	$(COMPAT)/bin/python -m pip install -q torch==2.13.0
+	$(COMPAT)/bin/python -m pip install -q -c requirements/lowest.txt -r requirements/lowest.txt -e ".[dev]"
+	@touch $@
+
+test-compat: $(COMPAT)/.halluc-installed
+	@$(COMPAT)/bin/python -c "import transformers, trl, peft, datasets, accelerate; print('lowest:', 'transformers', transformers.__version__, 'trl', trl.__version__, 'peft', peft.__version__, 'datasets', datasets.__version__, 'accelerate', accelerate.__version__)"
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(COMPAT)/bin/python -m pytest tests -m "not slow" -p no:cacheprovider
 
 bench: install
 	$(PY) bench/bench_core.py

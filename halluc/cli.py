@@ -146,3 +146,6 @@ def main(argv=None):
     try: args.fn(args)
     except (ConfigError, OSError, ValueError, TypeError) as e:  # OSError: missing files, a full disk (DiskFullError)
         print(f"halluc: error: {e}", file=sys.stderr); sys.exit(2)
+
+# %% ../nbs/16_cli.ipynb #7d2e4b02
+if __name__ == "__main__" and (globals().get("__spec__") is not None and __spec__.name == "halluc.cli"): main()

@@ -6,7 +6,7 @@ Docs: https://halluc.github.io/halluc/config.html.md"""
 
 # %% ../nbs/02_config.ipynb #1bae10bd
 from __future__ import annotations
-import collections.abc, dataclasses, difflib, enum, importlib, math, os, re, types, typing, warnings
+import collections.abc, dataclasses, difflib, enum, importlib, importlib.util, math, os, re, types, typing, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -15,10 +15,11 @@ from .io import write_text_atomic
 
 # %% auto #0
 __all__ = ['EXECUTORS', 'DTYPES', 'BT_INITS', 'TOY_MODELS', 'CONVERTERS', 'TOY_SOURCES', 'TOY_SPLITS', 'CONVERTER_PARAMS',
-           'REWARD_COMPONENTS', 'SCHEDULES', 'TOY_DIFFICULTIES', 'SECTIONS', 'Problem', 'ConfigError', 'parse_toy_name',
-           'ModelConfig', 'BacktrackConfig', 'LoraSection', 'DataConfig', 'RewardConfig', 'EvalConfig', 'RunConfig',
-           'Config', 'trl_config_class', 'trainer_fields', 'config_from_dict', 'config_to_dict', 'yaml_load',
-           'yaml_dump', 'apply_overrides', 'load_config', 'save_config']
+           'REWARD_COMPONENTS', 'SCHEDULES', 'TOY_DIFFICULTIES', 'CHAT_DATE', 'SECTIONS', 'Problem', 'ConfigError',
+           'parse_toy_name', 'ModelConfig', 'BacktrackConfig', 'LoraSection', 'DataConfig', 'RewardConfig',
+           'EvalConfig', 'RunConfig', 'Config', 'trl_config_class', 'trainer_fields', 'portable_trainer_kwargs',
+           'config_from_dict', 'config_to_dict', 'yaml_load', 'yaml_dump', 'apply_overrides', 'load_config',
+           'save_config']
 
 # %% ../nbs/02_config.ipynb #a81f8bdd
 class Problem(NamedTuple):
@@ -254,6 +255,16 @@ def _check_temperatures(v, key, ctx):
             if isinstance(t, (int, float)) and not isinstance(t, bool) and not (0 <= t < 100): ctx.add(f"{key}[{i}]", f"a temperature must be in [0, 100), got {t!r}")
     return v
 
+CHAT_DATE = "26 Jul 2024"   # Llama-3.x templates' own fallback date: the one a run renders unless data.chat_template_kwargs.date_string is set
+
+def _check_template_kwargs(v, key, ctx):
+    "Chat-template variables: names to strings, numbers or booleans."
+    if isinstance(v, dict):
+        for k, x in v.items():
+            if not isinstance(k, str) or not re.fullmatch(r"[A-Za-z_]\w*", k): ctx.add(f"{key}.{k}", "a template variable must be a name"); continue
+            if x is None or isinstance(x, (list, dict)): ctx.add(f"{key}.{k}", f"expected a string, number or boolean, got {_desc(x)}")
+    return v
+
 def _check_run_name(v, key, ctx):
     if v is not None and (v in (".", "..") or "/" in v or "\\" in v or v != v.strip() or not v):
         ctx.add(key, f"{v!r} is not a folder name (no slashes, not '.' or '..', no surrounding spaces)")
@@ -314,11 +325,18 @@ class DataConfig:
     converter_params: dict[str, Any] = _f(factory=dict, check=_check_converter_params)
     mask_errors: bool = True
     dpo_precision_share: float = _f(0.0, ge=0, le=1, doc="DPO: share of precision pairs (a correct number deleted and retyped is rejected)")
+    chat_template_kwargs: dict[str, Any] = _f(factory=dict, check=_check_template_kwargs,
+                                              doc="chat-template variables for training, GRPO and evaluation alike (e.g. enable_thinking: false "
+                                                  "for Qwen3); date_string is CHAT_DATE unless set, so Llama-3.x prompts carry no run date")
     onpolicy_temperatures: list[float] = _f(factory=lambda: [0.0, 1.0], check=_check_temperatures,
                                             doc="on-policy SFT: sample at each (0: one greedy sample), the temperatures you evaluate at")
     max_length: int = _f(512, gt=0)
     on_bad_record: str = _f("error", choices=("error", "skip"))
     seed: int = _f(0, ge=0)
+
+    def template_variables(self) -> dict:
+        "The variables the chat template is pinned with (`halluc.data.pin_chat_template`): `date_string` = `CHAT_DATE`, then `chat_template_kwargs`."
+        return {"date_string": CHAT_DATE, **self.chat_template_kwargs}
 
     def _validate(self, prefix, ctx):
         "The toy tasks have train/validation/test splits; evaluating on the training split of the training source leaks."
@@ -395,7 +413,12 @@ _RENAMED = {"warmup_ratio": "warmup_steps", "evaluation_strategy": "eval_strateg
             "no_cuda": "use_cpu", "per_gpu_train_batch_size": "per_device_train_batch_size",
             "per_gpu_eval_batch_size": "per_device_eval_batch_size", "lr": "learning_rate", "epochs": "num_train_epochs"}
 _RENAMED_NOTES = {"warmup_ratio": "transformers 5 has no warmup_ratio: a warmup_steps value below 1 is a ratio of the steps"}
-_HALLUC_OWNED = {"output_dir": "the run folder sets it (run.root / run.name)"}
+_HALLUC_OWNED = {"output_dir": "the run folder sets it (run.root / run.name)",
+                 "chat_template_kwargs": "set data.chat_template_kwargs: SFT, GRPO and evaluation render prompts with the same variables"}
+# one argument under two names: transformers 5.x renamed gradient_checkpointing* to activation_checkpointing* (the old
+# names stay as deprecated aliases); a config may use either and gets the name the installed version prefers
+_ALIASES = {"gradient_checkpointing": "activation_checkpointing", "gradient_checkpointing_kwargs": "activation_checkpointing_kwargs"}
+_ALIASES.update({v: k for k, v in list(_ALIASES.items())})
 _TRAINER_FIELDS: dict[str, dict[str, Any]] = {}
 
 def trl_config_class(executor: str):
@@ -413,6 +436,16 @@ def trainer_fields(executor: str) -> dict[str, Any]:
         _TRAINER_FIELDS[executor] = {f.name: hints.get(f.name, f.type) for f in dataclasses.fields(cls) if f.init}
     return _TRAINER_FIELDS[executor]
 
+# %% ../nbs/02_config.ipynb #7a1c0e12
+def portable_trainer_kwargs(d: dict, executor: str) -> dict:
+    "`d` with each aliased key (`gradient_checkpointing*` / `activation_checkpointing*`) under the name the installed TRL class prefers."
+    fields_, out = trainer_fields(executor), {}
+    for k, v in d.items():
+        alt = _ALIASES.get(k)
+        if alt in fields_ and (k not in fields_ or alt.startswith("activation")): k = alt
+        out.pop(k, None); out[k] = v
+    return out
+
 # %% ../nbs/02_config.ipynb #251fa0cc
 def _enum_in(tp):
     "The Enum class of an `Enum | str` annotation (whose string values TRL checks strictly), else None."
@@ -420,6 +453,17 @@ def _enum_in(tp):
     args = set(typing.get_args(tp)) - {_NoneType}
     enums = [a for a in args if isinstance(a, type) and issubclass(a, enum.Enum)]
     return enums[0] if len(enums) == 1 and args == {enums[0], str} else None
+
+# %% ../nbs/02_config.ipynb #9f3e2a02
+_TRACKER_MODULES = {"wandb": "wandb", "tensorboard": "tensorboard", "trackio": "trackio", "mlflow": "mlflow", "comet_ml": "comet_ml",
+                    "clearml": "clearml", "neptune": "neptune", "dvclive": "dvclive", "swanlab": "swanlab", "aim": "aim"}
+
+def _check_trackers(report_to, key: str, ctx):
+    "A problem in `ctx` for each `trainer.report_to` tracker whose package is not installed (the `track` extra has wandb, tensorboard, trackio)."
+    names = [report_to] if isinstance(report_to, str) else list(report_to or []) if isinstance(report_to, list) else []
+    missing = [n for n in names if isinstance(n, str) and n in _TRACKER_MODULES and importlib.util.find_spec(_TRACKER_MODULES[n]) is None]
+    if missing: ctx.add(key, f"{', '.join(missing)} is not installed: pip install -e '.[track]' (wandb, tensorboard, trackio), "
+                             "or set trainer.report_to=none")
 
 # %% ../nbs/02_config.ipynb #dca20185
 def _check_trainer(d, executor: str, key: str, ctx) -> dict:
@@ -432,6 +476,7 @@ def _check_trainer(d, executor: str, key: str, ctx) -> dict:
         kk = f"{key}.{k}"
         if not isinstance(k, str): ctx.add(kk, f"keys must be strings, got {_desc(k)}"); continue
         if k in _HALLUC_OWNED: ctx.add(kk, f"do not set it here: {_HALLUC_OWNED[k]}"); continue
+        if k not in fields_ and _ALIASES.get(k) in fields_: k = _ALIASES[k]   # the other name of the same argument
         if k not in fields_:
             ren = _RENAMED.get(k) if _RENAMED.get(k) in fields_ else None
             what = f"unknown key for {cname}" + (f" ({_RENAMED_NOTES[k]})" if k in _RENAMED_NOTES and ren else "")
@@ -442,6 +487,7 @@ def _check_trainer(d, executor: str, key: str, ctx) -> dict:
         if isinstance(v, str) and (E := _enum_in(tp)) is not None:
             valid = [m.value for m in E]
             if v not in valid: ctx.add(kk, f"{v!r} is not a valid {E.__name__} (valid: {', '.join(map(str, valid))})", _closest(v, valid, 0.5))
+    if "report_to" in d: _check_trackers(d["report_to"], f"{key}.report_to", ctx)
     return d
 
 # %% ../nbs/02_config.ipynb #7bfabd92
@@ -528,6 +574,15 @@ def _build_dc(cls, d, prefix: str, ctx: _Ctx, executor: str | None = None):
     if (post := getattr(obj, "_validate", None)) is not None: post(prefix, ctx)
     return None if len(ctx.problems) > n0 else obj
 
+# %% ../nbs/02_config.ipynb #5b7d3c02
+def _check_vllm_lora(cfg: "Config", ctx):
+    "Refuse GRPO + `trainer.use_vllm` + LoRA + `lora.train_bt_rows`: TRL's vLLM weight sync has no name for the BT-row adapters."
+    if cfg.executor == "grpo" and cfg.trainer.get("use_vllm") and cfg.lora.enabled and cfg.lora.train_bt_rows and cfg.backtrack.enabled:
+        ctx.add("lora.train_bt_rows", "with trainer.use_vllm and LoRA, TRL syncs the merged LoRA weights to vLLM under the base "
+                "model's parameter names, and PEFT's trainable BT-row adapters (token_adapter.trainable_tokens_delta) have none, so "
+                "vLLM would not sample with the trained BT rows. Set lora.train_bt_rows=false (the BT rows stay as the SFT run "
+                "trained them), or lora.enabled=false (full fine-tuning syncs every weight), or trainer.use_vllm=false")
+
 # %% ../nbs/02_config.ipynb #7acc35ff
 def _build(d, source: str, sources: dict[str, str] | None = None) -> Config:
     ctx = _Ctx(source, sources)
@@ -543,6 +598,8 @@ def _build(d, source: str, sources: dict[str, str] | None = None) -> Config:
         ctx.add("trainer", f"expected a mapping of TRL config arguments, got {_desc(d.get('trainer'))}")
     ctx.raise_if_any()
     cfg.trainer = dict(trainer)
+    _check_vllm_lora(cfg, ctx)
+    ctx.raise_if_any()
     object.__setattr__(cfg, "_sources", (source, dict(sources or {})))
     return cfg
 
@@ -689,7 +746,7 @@ def _trainer_args(self: Config, output_dir: str | os.PathLike, **extra):
     _check_trainer(extra, self.executor, "trainer", xctx)
     ctx.problems += xctx.problems
     ctx.raise_if_any()
-    kw = {**trainer, **extra}
+    kw = portable_trainer_kwargs({**trainer, **extra}, self.executor)
     kw.setdefault("report_to", "none")
     kw.setdefault("seed", self.run.seed)
     import torch

@@ -21,10 +21,10 @@ log = logging.getLogger("halluc.data")
 # %% auto #0
 __all__ = ['log', 'INSTRUCTION', 'CONVERTERS', 'MISTAKES', 'normalize_question', 'record_id', 'BadRecord', 'parse_gsm8k_answer',
            'Records', 'load_records', 'LeakageError', 'check_no_leakage', 'format_messages', 'format_prompt',
-           'format_target', 'Encoded', 'encode_prompts', 'encode_records', 'ConvertParams', 'register_converter',
-           'get_converter', 'convert_clean', 'random_mistakes', 'convert_random', 'near_misses', 'numeric_mistakes',
-           'convert_numeric', 'search_proposals', 'convert_search', 'example_rng', 'make_example', 'build_sft_dataset',
-           'propagate_mistake', 'dpo_pairs', 'grpo_view']
+           'pinned_template_variables', 'pin_chat_template', 'format_target', 'Encoded', 'encode_prompts',
+           'encode_records', 'ConvertParams', 'register_converter', 'get_converter', 'convert_clean', 'random_mistakes',
+           'convert_random', 'near_misses', 'numeric_mistakes', 'convert_numeric', 'search_proposals', 'convert_search',
+           'example_rng', 'make_example', 'build_sft_dataset', 'propagate_mistake', 'dpo_pairs', 'grpo_view']
 
 # %% ../nbs/06_data.ipynb #343eece6
 _CALC = re.compile(r"<<[^>]*>>")
@@ -154,6 +154,33 @@ def format_prompt(question: str, tokenizer=None) -> str:
     if tokenizer is not None and getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template(format_messages(question), tokenize=False, add_generation_prompt=True)
     return f"Question: {question}\n{INSTRUCTION}\nAnswer:\n"
+
+# %% ../nbs/06_data.ipynb #3c1a7e02
+_PIN = re.compile(r"^\{#- halluc: pinned chat-template variables -#\}(.*?)\{#- halluc: end -#\}", re.S)
+_PIN_SET = re.compile(r"\{%- set (\w+) = (.*?) %\}")
+
+def _jinja_literal(k: str, v) -> str:
+    if isinstance(v, bool): return "true" if v else "false"
+    if isinstance(v, (int, float, str)) and v is not None: return json.dumps(v)   # a JSON string/number is a Jinja literal
+    raise TypeError(f"chat template variable {k!r}: {type(v).__name__} {v!r} is not a string, number or boolean")
+
+def pinned_template_variables(tokenizer) -> dict:
+    "The variables `pin_chat_template` fixed in `tokenizer`'s chat template ({} if none)."
+    m = _PIN.match(getattr(tokenizer, "chat_template", None) or "") if isinstance(getattr(tokenizer, "chat_template", None), str) else None
+    return {k: json.loads(v) for k, v in _PIN_SET.findall(m.group(1))} if m else {}
+
+def pin_chat_template(tokenizer, variables: dict) -> dict | None:
+    """Fix `variables` at the head of `tokenizer`'s chat template (replacing an earlier pin); returns the variables pinned
+    before ({} if none), or None when the tokenizer has no chat template (nothing to pin)."""
+    t = getattr(tokenizer, "chat_template", None)
+    if not isinstance(t, str) or not t: return None
+    for k in variables:
+        if not re.fullmatch(r"[A-Za-z_]\w*", str(k)): raise ValueError(f"chat template variable {k!r} is not a name")
+    before = pinned_template_variables(tokenizer)
+    body = _PIN.sub("", t, count=1)
+    sets = "".join(f"{{%- set {k} = {_jinja_literal(k, v)} %}}" for k, v in variables.items())
+    tokenizer.chat_template = "{#- halluc: pinned chat-template variables -#}" + sets + "{#- halluc: end -#}" + body
+    return before
 
 # %% ../nbs/06_data.ipynb #4911c8db
 def format_target(solution: str, final: str) -> str:

@@ -9,13 +9,13 @@ from __future__ import annotations
 import copy, functools, json, logging, os, re, time
 from pathlib import Path
 import torch
-from .config import Config, ConfigError, Problem, EXECUTORS as EXECUTOR_NAMES, TOY_SOURCES
+from .config import Config, ConfigError, Problem, EXECUTORS as EXECUTOR_NAMES, TOY_SOURCES, yaml_load
 from .core import apply_backtracking
 from .io import write_json_atomic
 from .toy import make_toy
 from .patcher import add_backtrack_token, load_backtrack_model, lora_config_for_backtrack, save_backtrack_model
 from .data import (load_records, build_sft_dataset, check_no_leakage, encode_records, grpo_view, dpo_pairs, BadRecord,
-                         format_messages)
+                         format_messages, pin_chat_template)
 from .measure import bt_detection_auroc, evaluate_completions
 from .onpolicy import build_onpolicy_dataset
 from .reward import REWARD_NAMES, CurriculumCallback, curriculum_weights, make_reward_funcs
@@ -24,7 +24,8 @@ log = logging.getLogger("halluc.executors")
 
 # %% auto #0
 __all__ = ['log', 'EXECUTORS', 'GracefulStop', 'DiskFullError', 'disk_problem', 'disk_full_error', 'run_train_loss', 'quick_eval',
-           'fused_head_compat', 'BaseExecutor', 'SFTExecutor', 'OnPolicySFTExecutor', 'check_prompt_ids',
+           'fused_head_compat', 'weights_dtype', 'missing_model_error', 'deepspeed_zero_stage', 'check_zero_stage',
+           'push_model_folder', 'BaseExecutor', 'SFTExecutor', 'OnPolicySFTExecutor', 'check_prompt_ids',
            'GRPOExecutor', 'pretokenized_dpo_trainer', 'frozen_copy', 'DPOExecutor', 'executor_for']
 
 # %% ../nbs/12_executors.ipynb #d299c4b8
@@ -126,33 +127,74 @@ def fused_head_compat(model):
 def _dtype(name):
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}[name]
 
-def _load_pretrained(m):
-    "Tokenizer and model of a Hub name or plain model folder (`model.*`); a model that cannot be loaded is a `FileNotFoundError`."
+def weights_dtype(cfg: Config) -> str:
+    "The dtype the executor loads the weights in: `model.dtype` with LoRA, float32 for full fine-tuning (the master weights)."
+    m = cfg.model
+    if cfg.lora.enabled or m.dtype == "float32": return m.dtype
+    log.warning("model.dtype=%s with full fine-tuning: loading float32 weights, so that the optimiser's small updates are not "
+                "rounded away (trainer.bf16/fp16 still run the compute in half precision); LoRA trains on %s weights", m.dtype, m.dtype)
+    return "float32"
+
+_GATED = re.compile(r"gated|401|403|restricted|not authenticated|authoriz", re.I)
+
+def _load_pretrained(m, dtype: str):
+    "Tokenizer and model of a Hub name or plain model folder (`model.*`) in `dtype`; a model that cannot be loaded is a `FileNotFoundError`."
     from transformers import AutoTokenizer, AutoModelForCausalLM
     name = m.name_or_path
     if m.trust_remote_code: log.warning("trust_remote_code=True for %s (model.trust_remote_code in the config)", name)
     kw = dict(revision=m.revision, trust_remote_code=m.trust_remote_code)
     try:
         tok = AutoTokenizer.from_pretrained(name, **kw)
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=_dtype(m.dtype), attn_implementation=m.attn_implementation, **kw)
-    except OSError as e:  # not on disk, not in the cache, and the Hub not reachable (or offline mode)
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=_dtype(dtype), attn_implementation=m.attn_implementation, **kw)
+    except OSError as e:  # not on disk, not in the cache, and the Hub not reachable (or offline mode), or gated
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if _GATED.search(str(e)):
+            raise FileNotFoundError(f"model.name_or_path {name!r}: the Hub refused access ({first}). It is a gated model: accept its "
+                                    "licence on its Hub page, then log in with `hf auth login` (or set HF_TOKEN) on this machine") from e
         raise FileNotFoundError(f"model.name_or_path {name!r}: could not load it ({first}). Give a local model folder, "
                                 "or allow downloads (HF_HUB_OFFLINE=0; the Makefile sets it to 1)") from e
     return tok, model
 
-# %% ../nbs/12_executors.ipynb #94876227
-def _load_model(m):
-    "`(tokenizer, model, parent)` for `model.name_or_path`; `parent` is a halluc model folder's `halluc.json` (+ `path`), else None."
-    name = m.name_or_path
+def _is_local_path(name: str) -> bool:
+    "Can `name` only be a folder? Absolute, relative with `.`/`~`, or more than the two parts of a Hub id `org/name`."
+    return name.startswith(("/", ".", "~")) or len(Path(name).parts) > 2 or Path(name).exists()
+
+def _configs_writing(run: str) -> list[tuple[str, str]]:
+    "`(config path, executor)` of the shipped configs (`configs/*.yaml` here and beside the package) whose `run.name` is `run`."
+    import halluc
+    out = {}
+    for d in dict.fromkeys([Path.cwd() / "configs", Path(halluc.__file__).resolve().parents[1] / "configs"]):
+        for p in sorted(d.glob("*.yaml")) if d.is_dir() else []:
+            try: doc = yaml_load(p.read_text(encoding="utf-8"), str(p))
+            except Exception: continue
+            if isinstance(doc, dict) and isinstance(doc.get("run"), dict) and doc["run"].get("name") == run:
+                out.setdefault(os.path.relpath(p), str(doc.get("executor", "sft")))
+    return list(out.items())
+
+def missing_model_error(name: str) -> FileNotFoundError:
+    "What to do about a local model folder `name` that does not exist: for `<root>/<run>/model`, the run (and config) to train first."
+    p = Path(name).expanduser()
+    if p.name == "model" and len(p.parts) >= 2:
+        run, cfgs = p.parent.name, _configs_writing(p.parent.name)
+        how = f"`halluc train {cfgs[0][1]} {cfgs[0][0]}` writes it" if cfgs else f"a config with run.name={run} writes it"
+        if "toy-experiment" in p.parts: how = "the main job writes it: `make run`, or `halluc experiment`"
+        return FileNotFoundError(f"model.name_or_path {name!r} does not exist: it is the model folder of run {run!r}, which has not "
+                                 f"been trained here. Train that run first ({how}), or point model.name_or_path at an existing model folder")
+    return FileNotFoundError(f"model.name_or_path {name!r}: no such model folder")
+
+def _load_model(m, dtype: str | None = None):
+    """`(tokenizer, model, parent)` for `model.name_or_path` in `dtype` (default `model.dtype`); `parent` is a halluc model folder's
+    `halluc.json` (+ `path`), else None."""
+    name, dtype = m.name_or_path, dtype or m.dtype
     if name.startswith("toy:"):
         tok, model = make_toy(name, seed=m.seed)
         return tok, model, None
     if (Path(name) / "halluc.json").exists():
-        model, tok, info = load_backtrack_model(name, dtype=_dtype(m.dtype), trust_remote_code=m.trust_remote_code)
+        model, tok, info = load_backtrack_model(name, dtype=_dtype(dtype), trust_remote_code=m.trust_remote_code)
         if hasattr(model, "peft_config"): model = model.merge_and_unload()  # an adapter folder: train on the merged weights
         return tok, model, dict(info, path=str(name))
-    return (*_load_pretrained(m), None)
+    if _is_local_path(name) and not Path(name).expanduser().exists(): raise missing_model_error(name)
+    return (*_load_pretrained(m, dtype), None)
 
 # %% ../nbs/12_executors.ipynb #7c78ede1
 def _wrap_peft(model, L, bt_id: int):
@@ -206,7 +248,8 @@ def _train_result(ex, out, ckpt, t0: float) -> dict:
     start = checkpoint_step(ckpt) if ckpt else 0   # the trainer's training_loss covers the steps after it only
     loss = run_train_loss(ex.trainer.state.log_history, out.training_loss, start, out.global_step)
     result = dict(run_dir=str(ex.run_dir), kind=ex.kind, train_loss=loss, global_step=out.global_step,
-                  resumed_from=ckpt, train_seconds=time.time() - t0, world_size=ex.trainer.args.world_size)
+                  resumed_from=ckpt, train_seconds=time.time() - t0, world_size=ex.trainer.args.world_size,
+                  weights_dtype=str(next(ex.trainer.model.parameters()).dtype).removeprefix("torch."))
     if ckpt: result["train_loss_attempt"] = out.training_loss
     return result
 
@@ -217,8 +260,50 @@ def _save_and_eval(ex, tok, ev, result: dict, eval_limit, step: int):
     e = ex.cfg.eval
     recs = ev[: (eval_limit or e.limit or len(ev))]
     result["quick_eval"] = ex.quick_eval(ex.trainer.model, tok, recs)
+    if ex.cfg.trainer.get("push_to_hub"):   # the run is saved either way: a failed push is reported, not a failed run
+        try: result["pushed_to"] = push_model_folder(ex.run_dir / "model", ex.cfg.trainer, ex.run_dir.name)
+        except RuntimeError as pe: log.error("%s", pe); result["push_error"] = str(pe)
     write_json_atomic(ex.run_dir / "result.json", result)
     mark_status(ex.run_dir, "finished", global_step=step)
+
+# %% ../nbs/12_executors.ipynb #6a1f0b02
+def deepspeed_zero_stage(cfg: Config) -> int | None:
+    "The DeepSpeed ZeRO stage of this process: `trainer.deepspeed` (a file or mapping), else what `accelerate launch` set; None without DeepSpeed."
+    ds = cfg.trainer.get("deepspeed")
+    if ds is None and os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+        if os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "").isdigit(): return int(os.environ["ACCELERATE_DEEPSPEED_ZERO_STAGE"])
+        ds = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
+    if isinstance(ds, str) and ds and not ds.lstrip().startswith("{"):
+        try: ds = json.loads(Path(ds).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e: raise ConfigError(f"trainer.deepspeed / the accelerate DeepSpeed config {ds!r}: cannot read it ({e})") from None
+    elif isinstance(ds, str) and ds: ds = json.loads(ds)
+    if not isinstance(ds, dict): return None
+    stage = (ds.get("zero_optimization") or {}).get("stage", 0)
+    return int(stage) if str(stage).isdigit() else None
+
+def check_zero_stage(cfg: Config):
+    "Refuse DeepSpeed ZeRO-3 (sharded weights) before the run starts: halluc's save reads the full weights on rank 0."
+    if deepspeed_zero_stage(cfg) == 3:
+        raise ConfigError("DeepSpeed ZeRO-3 shards the weights, and halluc cannot yet save a sharded model with halluc.json (the BT "
+                          "rows are read from the full weights on rank 0), so the run would fail after training. Use ZeRO-2 "
+                          "(configs/accelerate/zero2.yaml; a 1B or 4B full fine-tune fits on 80 GB GPUs) or LoRA (lora.enabled=true)")
+
+# %% ../nbs/12_executors.ipynb #5e0c2a02
+def push_model_folder(folder, trainer: dict, run_name: str) -> str:
+    "Upload the model `folder` (with `halluc.json`) to the Hub repo `trainer.hub_model_id` (default `run_name`); returns the repo id."
+    from huggingface_hub import HfApi
+    if not (Path(folder) / "halluc.json").is_file(): raise FileNotFoundError(f"{folder}: no halluc.json, so not a halluc model folder to push")
+    repo = trainer.get("hub_model_id") or run_name
+    api = HfApi(token=trainer.get("hub_token"))
+    try:
+        repo = api.create_repo(repo, private=trainer.get("hub_private_repo"), exist_ok=True).repo_id
+        api.upload_folder(repo_id=repo, folder_path=str(folder), commit_message=f"halluc run {run_name}: model/ with halluc.json")
+    except Exception as e:
+        raise RuntimeError(f"trainer.push_to_hub: pushing {folder} to the Hub repo {repo!r} failed ({type(e).__name__}: {e}); the run "
+                           f"is saved locally; log in with `hf auth login` (or set HF_TOKEN; offline nodes: HF_HUB_OFFLINE=0 is needed) "
+                           f"and push it with `hf upload {repo} {folder}`") from e
+    log.info("pushed %s to the Hub repo %s", folder, repo)
+    return repo
 
 # %% ../nbs/12_executors.ipynb #788f1f7d
 def _run_attempt(ex, stop, main: bool, t0: float, eval_limit) -> dict:
@@ -247,7 +332,7 @@ class BaseExecutor:
     kind = "base"
     def __init__(self, cfg: Config, callbacks=None):
         self.cfg, self.extra_callbacks = cfg, list(callbacks or [])
-        self.run_dir = self.tokenizer = self.model = self.bt_id = self.trainer = None
+        self.run_dir = self.tokenizer = self.model = self.bt_id = self.trainer = self.weights_dtype = None
         self.parent = None  # the halluc.json (+ path) of the model folder this run starts from, if it is one
 
     # --- model and tokenizer ---
@@ -255,8 +340,10 @@ class BaseExecutor:
         m = self.cfg.model
         name = m.name_or_path
         self.parent = None
-        tok, model, self.parent = _load_model(m)
+        self.weights_dtype = weights_dtype(self.cfg)
+        tok, model, self.parent = _load_model(m, self.weights_dtype)
         if tok.pad_token is None: tok.pad_token = tok.eos_token
+        self._pin_template(tok)
         b = self.cfg.backtrack
         # a halluc folder's BT row is trained: record the token, leave the rows alone
         self.bt_id = add_backtrack_token(tok, model, init=None if self.parent else b.init, seed=m.seed, noise_std=b.noise_std)
@@ -264,6 +351,15 @@ class BaseExecutor:
             raise ValueError(f"{name}: BT id {self.bt_id} differs from its halluc.json ({self.parent['bt_id']})")
         self.tokenizer, self.model = tok, self.wrap_peft(model)
         return self.tokenizer, self.model
+
+    def _pin_template(self, tok):
+        "Pin the chat template's variables (`data.chat_template_kwargs`, a fixed date): SFT, GRPO and evaluation render one prompt."
+        want = self.cfg.data.template_variables()
+        before = pin_chat_template(tok, want)
+        if self.parent and before and before != want:
+            log.warning("%s was trained on prompts rendered with %s; this run renders them with %s (data.chat_template_kwargs)",
+                        self.cfg.model.name_or_path, before, want)
+        self.template_variables = want if before is not None else None
 
     def wrap_peft(self, model):
         "LoRA with trainable BT rows (`lora.*`), or the model itself for full fine-tuning."
@@ -276,6 +372,10 @@ class BaseExecutor:
     def make_trainer(self, model, tokenizer, dataset, args): raise NotImplementedError
 
     def training_args(self, **extra):
+        "TRL's config: the `trainer` section, the run's name for the trackers, and no Hub push of `checkpoints/` (`model/` is pushed)."
+        t = self.cfg.trainer
+        if "run_name" not in t: extra.setdefault("run_name", self.run_dir.name)
+        if t.get("push_to_hub"): extra["push_to_hub"] = False   # halluc pushes model/ (with halluc.json) after the run
         return self.cfg.trainer_args(output_dir=str(self.run_dir / "checkpoints"), **extra)
 
     def quick_eval(self, model, tokenizer, records) -> dict:
@@ -283,8 +383,10 @@ class BaseExecutor:
         return quick_eval(model, tokenizer, self.bt_id, records, self.cfg.eval.max_new_tokens, self.cfg.eval.batch_size)
 
     def save_info(self) -> dict:
-        "What `halluc.json` records about this run beside the BT token: run, executor, and the parent model folder."
-        return _save_info(self.run_dir.name, self.kind, self.parent)
+        "What `halluc.json` records about this run beside the BT token: run, executor, the parent model folder, the pinned template variables."
+        info = _save_info(self.run_dir.name, self.kind, self.parent)
+        if getattr(self, "template_variables", None): info["chat_template_variables"] = self.template_variables
+        return info
 
     # --- the run ---
     def run(self, eval_limit: int | None = None) -> dict:
@@ -293,6 +395,7 @@ class BaseExecutor:
         multi = int(os.environ.get("WORLD_SIZE", "1")) > 1
         if multi and not self.cfg.run.name:
             raise ValueError("run.name: set a run name for a multi-process run (each process must agree on the folder)")
+        check_zero_stage(self.cfg)
         self.run_dir = prepare_run_dir(self.cfg, f"{self.kind}-{time.strftime('%Y%m%d-%H%M%S')}")
         main = is_main_process()
         stop = GracefulStop().install()

@@ -6,7 +6,7 @@ Docs: https://halluc.github.io/halluc/jobs.html.md"""
 
 # %% ../nbs/15_jobs.ipynb #b69c0e8d
 from __future__ import annotations
-import json, logging, os, tempfile, time
+import contextlib, json, logging, os, tempfile, time, uuid
 from pathlib import Path
 import pandas as pd
 from .config import config_from_dict, config_to_dict, load_config
@@ -18,7 +18,7 @@ from .io import move, read_json, write_json_atomic
 from .measure import attempt_diagnostics, bt_detection_auroc, evaluate_completions, paired_comparison, seed_summary
 from .patcher import load_backtrack_model
 from .report import plot_accuracy, plot_bt_positions, plot_samples, plot_training
-from .runs import check_run_name, create_run_dir, mark_status
+from .runs import check_run_name, create_run_dir, mark_status, JOB_ENV, run_job, is_main_process
 
 log = logging.getLogger("halluc.jobs")
 
@@ -443,6 +443,20 @@ def experiment(root: str = "runs", name: str = "toy-experiment", seeds=(0, 1, 2)
     return _report(out, summary, smoke)
 
 # %% ../nbs/15_jobs.ipynb #455862a4
+@contextlib.contextmanager
+def _env(key: str, value: str):
+    "Set environment variable `key` for the duration (the kernel papermill starts inherits it)."
+    old = os.environ.get(key); os.environ[key] = value
+    try: yield
+    finally:
+        if old is None: os.environ.pop(key, None)
+        else: os.environ[key] = old
+
+def _place(tmp: Path, dest: Path) -> Path:
+    "Move the executed notebook `tmp` to `dest`; an earlier notebook there is kept as `<stem>.previous-<time>.ipynb`, not overwritten."
+    if dest.exists(): move(dest, dest.with_name(f"{dest.stem}.previous-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}{dest.suffix}"))
+    return move(tmp, dest)
+
 def run_notebook(notebook: str, config: str | None = None, overrides=(), run_name: str | None = None,
                  root: str = "runs", parameters: dict | None = None, kernel: str | None = None, log_output: bool = True) -> Path:
     "Execute `notebook` with papermill (parameters `config`, `overrides`, `run_name` …) into `root/run_name/`."
@@ -458,19 +472,31 @@ def run_notebook(notebook: str, config: str | None = None, overrides=(), run_nam
     Path(root).mkdir(parents=True, exist_ok=True)
     params = dict(config=str(Path(config).resolve()) if config else None, overrides=overrides, run_name=run_name,
                   root=str(Path(root).resolve()), **(parameters or {}))
+    job, main, rank = uuid.uuid4().hex, is_main_process(), os.environ.get("RANK", "0")
+    fresh = not out_dir.exists() or (out_dir.is_dir() and not any(out_dir.iterdir()))
     # executed into a hidden partial file beside the run folder (the job creates the folder itself), moved in at the end
-    tmp = Path(root) / f".{run_name}.partial.{nb.name}"
+    tmp = Path(root) / (f".{run_name}.partial.{nb.name}" if main else f".{run_name}.partial.rank{rank}.{nb.name}")
     try:
-        pm.execute_notebook(str(nb), str(tmp), parameters=params, cwd=str(Path.cwd()), kernel_name=kernel,
-                            progress_bar=log_output, log_output=log_output)
+        with _env(JOB_ENV, job):
+            pm.execute_notebook(str(nb), str(tmp), parameters=params, cwd=str(Path.cwd()), kernel_name=kernel,
+                                progress_bar=log_output, log_output=log_output)
     except BaseException as e:
+        if not main:
+            raise RuntimeError(f"{nb.name} failed on rank {rank}; its partial notebook is kept at {tmp}: {e}") from e
+        if not (fresh or run_job(out_dir) == job):   # not this job's run folder: leave it exactly as it was
+            kept = tmp.with_name(f".{run_name}.failed-{time.strftime('%Y%m%d-%H%M%S')}.{nb.name}")
+            if tmp.exists(): move(tmp, kept)
+            raise RuntimeError(f"{nb.name} failed; the run folder {out_dir} belongs to another job and was left as it was; "
+                               f"the partial notebook is kept at {kept}: {e}") from e
         out_dir.mkdir(parents=True, exist_ok=True)
-        if tmp.exists(): move(tmp, out_dir / nb.name)
+        if tmp.exists(): _place(tmp, out_dir / nb.name)
         mark_status(out_dir, "failed", error=e)
         raise RuntimeError(f"{nb.name} failed; the partial notebook is kept at {out_dir / nb.name}: {e}") from e
+    if not main:   # rank 0 writes the executed notebook
+        tmp.unlink(missing_ok=True)
+        return out_dir / nb.name
     out_dir.mkdir(parents=True, exist_ok=True)
-    move(tmp, out_dir / nb.name)
-    return out_dir / nb.name
+    return _place(tmp, out_dir / nb.name)
 
 # %% ../nbs/15_jobs.ipynb #23bf8678
 def show_training(result: dict):

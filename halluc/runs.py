@@ -17,9 +17,9 @@ from .io import CorruptFileError, append_jsonl, read_json, read_jsonl, write_jso
 log = logging.getLogger("halluc.runs")
 
 # %% auto #0
-__all__ = ['log', 'PACKAGES', 'STATUSES', 'check_run_name', 'RunExistsError', 'create_run_dir', 'package_versions', 'git_info',
-           'hardware_info', 'write_run_info', 'peak_memory', 'mark_status', 'is_main_process', 'prepare_run_dir',
-           'checkpoint_step', 'last_checkpoint', 'MetricsFile', 'MetricsLogger']
+__all__ = ['log', 'PACKAGES', 'STATUSES', 'JOB_ENV', 'check_run_name', 'RunExistsError', 'create_run_dir', 'package_versions',
+           'git_info', 'hardware_info', 'write_run_info', 'peak_memory', 'mark_status', 'run_job', 'is_main_process',
+           'prepare_run_dir', 'checkpoint_step', 'last_checkpoint', 'MetricsFile', 'MetricsLogger']
 
 # %% ../nbs/11_runs.ipynb #e06cb739
 _NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -181,6 +181,7 @@ def _error_dict(error) -> dict:
 
 # %% ../nbs/11_runs.ipynb #81c0f362
 STATUSES = ("running", "finished", "failed", "interrupted")
+JOB_ENV = "HALLUC_JOB"   # set by halluc.jobs.run_notebook for the notebook it executes: status.json records it as `job`
 
 def mark_status(run_dir, status: str, error=None, **extra) -> dict:
     "Write `status.json`: `running` (a new attempt), `finished` or `failed` (+ `error`: an exception or text), with wall time and peak memory."
@@ -195,15 +196,22 @@ def mark_status(run_dir, status: str, error=None, **extra) -> dict:
         st.update(started=_now_iso(now), started_unix=now, attempts=int(prev.get("attempts") or 0) + 1,
                   first_started=prev.get("first_started") or _now_iso(now))
     else:
-        for k in ("started", "started_unix", "attempts", "first_started"):
+        for k in ("started", "started_unix", "attempts", "first_started", "job"):
             if k in prev: st[k] = prev[k]
         st["ended"] = _now_iso(now)
         if isinstance(prev.get("started_unix"), (int, float)): st["wall_seconds"] = round(now - prev["started_unix"], 3)
         st.update(peak_memory())
+    if os.environ.get(JOB_ENV): st["job"] = os.environ[JOB_ENV]   # the job that wrote it (the runner's ownership check)
     if error is not None: st["error"] = _error_dict(error)
     st.update(extra)
     write_json_atomic(p, st)
     return st
+
+def run_job(run_dir) -> str | None:
+    "The job id `status.json` of `run_dir` records (`JOB_ENV` of the job that last wrote it), or None."
+    try: st = read_json(Path(run_dir) / "status.json")
+    except (CorruptFileError, OSError): return None
+    return st.get("job") if isinstance(st, dict) else None
 
 # %% ../nbs/11_runs.ipynb #6c9a065a
 def is_main_process() -> bool:

@@ -203,8 +203,14 @@ def test_trainer_args_sft_on_cpu(monkeypatch, tmp_path):
     assert args.use_cpu is True and args.bf16 is False and args.fp16 is False
     assert args.max_steps == 7 and args.learning_rate == 1e-4 and args.per_device_train_batch_size == 4
     assert args.seed == 3 and args.report_to in ("none", [], ["none"])
-    set_ = load_config(None, ["trainer.seed=11", "trainer.report_to=tensorboard"]).trainer_args(tmp_path / "o2")
-    assert set_.seed == 11 and set_.report_to in ("tensorboard", ["tensorboard"])
+    import importlib.util
+    if importlib.util.find_spec("tensorboard") is not None:   # the track extra
+        set_ = load_config(None, ["trainer.seed=11", "trainer.report_to=tensorboard"]).trainer_args(tmp_path / "o2")
+        assert set_.seed == 11 and set_.report_to in ("tensorboard", ["tensorboard"])
+    else:   # refused when the config is read, not at the first logging step
+        assert ".[track]" in str(config_error(load_config, None, ["trainer.report_to=tensorboard"]))
+    set_ = load_config(None, ["trainer.seed=11", "trainer.report_to=none"]).trainer_args(tmp_path / "o2")
+    assert set_.seed == 11
     assert cfg.trainer_args(tmp_path / "o3", max_steps=2).max_steps == 2
     e = config_error(cfg.trainer_args, tmp_path / "o4", max_stepz=2)
     assert "trainer_args(**extra)" in str(e) and "did you mean 'max_steps'?" in str(e)
