@@ -7,7 +7,7 @@ TRL's GRPOTrainer does: the four functions one after another on each generation 
 a cold cache. One CPU thread. Printed side by side with a naive reference (per row `apply_backtracking` +
 `tokenizer.decode`, no sharing between the four functions) measured in the same run.
 
-    .venv/bin/python bench/bench_reward.py [--n 4096] [--len 256] [--batch 256] [--tricks]
+    .venv/bin/python bench/bench_reward.py [--n 4096] [--len 256] [--batch 256] [--tricks] [--scaling]
 
 `--tricks` also scores everything with each of halluc.reward's speed tricks turned off, one at a time, and prints
 what each buys (the numbers quoted in nbs/10_reward.ipynb).
@@ -104,14 +104,36 @@ def measure_tricks(tok, bt, prompts, ids, finals, batch, repeat):
     for name, ts in cpu.items():
         print(f"  without {name:42s} CPU {min(ts):.3f} s -> {len(ids) / min(ts):,.0f}/s: the trick buys {min(ts) / base:.2f}x")
 
+def measure_scaling(tok, bt, short: int = 4096, factor: int = 16, repeat: int = 3):
+    "Per-token time of `halluc.reward.score` on one long completion vs one `factor`x longer, side by side: ~1x is linear."
+    from halluc.reward import score
+    dec = lambda ids: tok.decode(ids, skip_special_tokens=True)
+    base = tok.encode("3 + 4 = 7\n7 * 2 = 14\n", add_special_tokens=False)
+    def completion(n, seed=0):
+        rng, ids = random.Random(seed), []
+        while len(ids) < n:
+            ids += base
+            if rng.random() < 0.3: ids += [bt] * rng.randint(1, 3)
+        return ids[:n]
+    a, b = completion(short), completion(short * factor)
+    ta, tb = [], []
+    for _ in range(repeat):   # interleaved, best of each
+        t = time.perf_counter(); score(a, bt, dec, final="14"); ta.append(time.perf_counter() - t)
+        t = time.perf_counter(); score(b, bt, dec, final="14"); tb.append(time.perf_counter() - t)
+    per_a, per_b = min(ta) / len(a), min(tb) / len(b)
+    print(f"score() on one completion: {len(a):,} tokens {min(ta) * 1e3:.1f} ms, {len(b):,} tokens {min(tb) * 1e3:.1f} ms; "
+          f"time per token grows {per_b / per_a:.2f}x for {factor}x the length (1x = linear, {factor}x = quadratic)")
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=4096); ap.add_argument("--len", type=int, default=256)
     ap.add_argument("--batch", type=int, default=256); ap.add_argument("--naive-n", type=int, default=512)
     ap.add_argument("--repeat", type=int, default=3); ap.add_argument("--tricks", action="store_true")
+    ap.add_argument("--scaling", action="store_true", help="only the per-token time of one long completion vs one 16x longer")
     a = ap.parse_args()
     torch.set_num_threads(1)
     tok = make_tokenizer("llama"); bt = bt_id_of(tok)
+    if a.scaling: return measure_scaling(tok, bt, repeat=a.repeat)
     prompts, ids, finals = make_completions(tok, bt, a.n, a.len)
     n_bt = sum(bt in r for r in ids)
     run_fast(tok, bt, prompts[:256], ids[:256], finals[:256], a.batch)  # imports, compiled regexes

@@ -10,7 +10,19 @@ import argparse, json, logging, sys
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['main']
+__all__ = ['count', 'main']
+
+# %% ../nbs/16_cli.ipynb #0c5a7e02
+def count(lo: int = 0, hi: int | None = None):
+    "An argparse `type`: an integer in `[lo, hi]`; anything else is an error naming the flag and the value."
+    def parse(v: str) -> int:
+        try: n = int(v)
+        except ValueError: raise argparse.ArgumentTypeError(f"must be an integer, got {v!r}") from None
+        if n < lo or (hi is not None and n > hi):
+            raise argparse.ArgumentTypeError(f"must be an integer >= {lo}" + (f" and <= {hi}" if hi is not None else "") + f", got {v!r}")
+        return n
+    parse.__name__ = "count"
+    return parse
 
 # %% ../nbs/16_cli.ipynb #6a0acbad
 def _short(res: dict) -> str:
@@ -62,8 +74,8 @@ def _eval_parser(sub):
     e.add_argument("target", help="model folder, run folder, or YAML config")
     e.add_argument("overrides", nargs="*", help="overrides for a YAML config")
     e.add_argument("--tasks", nargs="+", help="toy_arithmetic_backtrack, toy_target_backtrack, gsm8k_backtrack, gsm8k_backtrack_cot_8shot")
-    e.add_argument("--limit", type=int); e.add_argument("--batch-size", type=int, help="default: the config's eval.batch_size, else 16")
-    e.add_argument("--max-new-tokens", type=int, help="default: the config's eval.max_new_tokens, else each task's own")
+    e.add_argument("--limit", type=count(1)); e.add_argument("--batch-size", type=count(1), help="default: the config's eval.batch_size, else 16")
+    e.add_argument("--max-new-tokens", type=count(1), help="default: the config's eval.max_new_tokens, else each task's own")
     e.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: the config's eval.device, else the accelerator if any)")
     e.add_argument("--output-dir", help="where eval.json goes (default: the run folder)")
     e.add_argument("--gsm8k-path", help="local GSM8K test jsonl (default: $GSM8K_DIR/test.jsonl or the Hub)")
@@ -73,10 +85,11 @@ def _eval_parser(sub):
 def _run_inputs(a) -> tuple[str | None, list[str], dict]:
     "The `config`, `overrides` and extra notebook parameters of a `halluc run` command line."
     params = {}
+    from halluc.config import yaml_load
     for p in a.param or []:
-        k, _, v = p.partition("=")
-        import yaml
-        params[k] = yaml.safe_load(v)
+        k, eq, v = p.partition("=")
+        if not eq or not k.strip(): raise ValueError(f"-p {p!r}: expected key=value (a notebook parameter and a YAML value)")
+        params[k.strip()] = yaml_load(v, f"-p {p!r}")   # bad YAML: a ConfigError naming the flag and value
     config, overrides = a.config, list(a.overrides)
     if config and "=" in config and not config.endswith((".yaml", ".yml")): config, overrides = None, [config, *overrides]
     return config, overrides, params
@@ -118,13 +131,13 @@ def _cmd_experiment(a):
 def _experiment_parser(sub):
     x = sub.add_parser("experiment", help="the toy experiment (what `make run` runs, without papermill)")
     x.add_argument("--root", default="runs"); x.add_argument("--name", default="toy-experiment")
-    x.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="one run of every arm per seed (default: 0 1 2; give overrides first)")
-    x.add_argument("--workers", type=int, default=2, help="worker processes of one thread each (default 2)")
+    x.add_argument("--seeds", type=count(0, 2**32 - 1), nargs="+", default=[0, 1, 2], help="one run of every arm per seed (default: 0 1 2; give overrides first)")
+    x.add_argument("--workers", type=count(1), default=2, help="worker processes of one thread each (default 2)")
     x.add_argument("--quick", action="store_true", help="the ~2-minute version: one seed, fewer steps, 100 problems")
     x.add_argument("--ablations", action="store_true", help="also train backtrack_unmasked")
-    x.add_argument("--arithmetic-seeds", type=int, default=2, help="run the arithmetic arms on the first N seeds (default 2)")
-    x.add_argument("--eval-limit", type=int, default=200, help="toy test problems per arm")
-    x.add_argument("--num-samples", type=int, default=4, help="samples per problem at T=1")
+    x.add_argument("--arithmetic-seeds", type=count(0), default=2, help="run the arithmetic arms on the first N seeds (default 2)")
+    x.add_argument("--eval-limit", type=count(1), default=200, help="toy test problems per arm")
+    x.add_argument("--num-samples", type=count(1), default=4, help="samples per problem at T=1")
     x.add_argument("--overwrite", action="store_true", help="move an existing experiment folder aside first")
     x.add_argument("overrides", nargs="*", help="overrides applied to every arm")
     x.set_defaults(fn=_cmd_experiment)

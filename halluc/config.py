@@ -14,12 +14,12 @@ import yaml
 from .io import write_text_atomic
 
 # %% auto #0
-__all__ = ['EXECUTORS', 'DTYPES', 'BT_INITS', 'TOY_MODELS', 'CONVERTERS', 'TOY_SOURCES', 'TOY_SPLITS', 'CONVERTER_PARAMS',
-           'REWARD_COMPONENTS', 'SCHEDULES', 'TOY_DIFFICULTIES', 'CHAT_DATE', 'SECTIONS', 'Problem', 'ConfigError',
-           'parse_toy_name', 'ModelConfig', 'BacktrackConfig', 'LoraSection', 'DataConfig', 'RewardConfig',
-           'EvalConfig', 'RunConfig', 'Config', 'trl_config_class', 'trainer_fields', 'portable_trainer_kwargs',
-           'config_from_dict', 'config_to_dict', 'yaml_load', 'yaml_dump', 'apply_overrides', 'load_config',
-           'save_config']
+__all__ = ['SEED_MAX', 'TOY_N_MAX', 'EXECUTORS', 'DTYPES', 'BT_INITS', 'TOY_MODELS', 'CONVERTERS', 'TOY_SOURCES', 'TOY_SPLITS',
+           'CONVERTER_PARAMS', 'REWARD_COMPONENTS', 'SCHEDULES', 'TOY_DIFFICULTIES', 'CHAT_DATE', 'SECTIONS',
+           'TASK_SPLITS', 'Problem', 'ConfigError', 'parse_toy_name', 'ModelConfig', 'BacktrackConfig', 'LoraSection',
+           'DataConfig', 'RewardConfig', 'EvalConfig', 'RunConfig', 'Config', 'trl_config_class', 'trainer_fields',
+           'portable_trainer_kwargs', 'config_from_dict', 'config_to_dict', 'yaml_load', 'yaml_dump', 'apply_overrides',
+           'load_config', 'save_config']
 
 # %% ../nbs/02_config.ipynb #a81f8bdd
 class Problem(NamedTuple):
@@ -178,6 +178,8 @@ def _f(default=dataclasses.MISSING, *, factory=None, choices=None, gt=None, ge=N
     return field(default=default, metadata=md)
 
 # %% ../nbs/02_config.ipynb #2b85dcbe
+SEED_MAX = 2**32 - 1      # numpy's and torch's seeds are 32-bit
+TOY_N_MAX = 1_000_000     # the toy generators draw distinct questions: more than this cannot be generated in bounded time
 EXECUTORS = ("sft", "dpo", "grpo")
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 BT_INITS = ("mean", "semantic", "description", "combined", "random")
@@ -286,7 +288,7 @@ class ModelConfig:
     trust_remote_code: bool = False
     revision: str | None = _f(None, nonempty=True)
     attn_implementation: str | None = _f(None, nonempty=True)
-    seed: int = _f(0, ge=0)
+    seed: int = _f(0, ge=0, le=SEED_MAX)
 
 # %% ../nbs/02_config.ipynb #efcc9d8e
 @dataclass
@@ -294,7 +296,7 @@ class BacktrackConfig:
     "The BT token: whether to add it and how to initialise its embedding rows."
     enabled: bool = True
     init: str = _f("semantic", choices=BT_INITS)
-    noise_std: float | None = _f(None, ge=0, doc="None: 1/sqrt(hidden size)")
+    noise_std: float | None = _f(None, ge=0, le=10.0, doc="None: 1/sqrt(hidden size); above 10 the row is noise and float16 overflows")
 
 # %% ../nbs/02_config.ipynb #ab44f217
 @dataclass
@@ -319,8 +321,8 @@ class DataConfig:
     answer_field: str = _f("answer", nonempty=True)
     max_records: int | None = _f(None, gt=0)
     toy_difficulty: int = _f(2, choices=TOY_DIFFICULTIES)
-    toy_n_train: int = _f(8000, gt=0)
-    toy_n_test: int = _f(200, gt=0)
+    toy_n_train: int = _f(8000, gt=0, le=TOY_N_MAX)
+    toy_n_test: int = _f(200, gt=0, le=TOY_N_MAX)
     converter: str = _f("clean", choices=CONVERTERS)
     converter_params: dict[str, Any] = _f(factory=dict, check=_check_converter_params)
     mask_errors: bool = True
@@ -332,7 +334,7 @@ class DataConfig:
                                             doc="on-policy SFT: sample at each (0: one greedy sample), the temperatures you evaluate at")
     max_length: int = _f(512, gt=0)
     on_bad_record: str = _f("error", choices=("error", "skip"))
-    seed: int = _f(0, ge=0)
+    seed: int = _f(0, ge=0, le=SEED_MAX)
 
     def template_variables(self) -> dict:
         "The variables the chat template is pinned with (`halluc.data.pin_chat_template`): `date_string` = `CHAT_DATE`, then `chat_template_kwargs`."
@@ -381,7 +383,7 @@ class RunConfig:
     root: str = _f("runs", nonempty=True)
     resume: bool = False
     overwrite: bool = False
-    seed: int = _f(0, ge=0)
+    seed: int = _f(0, ge=0, le=SEED_MAX)
 
     def _validate(self, prefix, ctx):
         if self.resume and self.overwrite: ctx.add(f"{prefix}.overwrite", "resume and overwrite are both set; pick one")
@@ -465,6 +467,23 @@ def _check_trackers(report_to, key: str, ctx):
     if missing: ctx.add(key, f"{', '.join(missing)} is not installed: pip install -e '.[track]' (wandb, tensorboard, trackio), "
                              "or set trainer.report_to=none")
 
+# %% ../nbs/02_config.ipynb #8b2d4c02
+_TRAINER_RANGES = {"learning_rate": (0, None), "num_train_epochs": (0, None), "weight_decay": (0, None), "max_grad_norm": (0, None),
+                   "warmup_steps": (0, None), "per_device_train_batch_size": (1, None), "per_device_eval_batch_size": (1, None),
+                   "gradient_accumulation_steps": (1, None), "logging_steps": (0, None), "save_steps": (0, None),
+                   "seed": (0, SEED_MAX), "data_seed": (0, SEED_MAX), "beta": (0, None), "num_generations": (1, None),
+                   "temperature": (0, None), "max_completion_length": (1, None), "max_length": (1, None)}
+
+def _trainer_range_problem(k: str, v) -> str | None:
+    "Why the `trainer.k` value `v` is out of range (non-finite, below its floor, `max_steps` neither > 0 nor -1), or None."
+    if isinstance(v, bool) or not isinstance(v, (int, float)): return None
+    if isinstance(v, float) and not math.isfinite(v): return f"must be a finite number, got {v!r}"
+    if k == "max_steps" and v != -1 and v <= 0: return f"must be a number of steps > 0 (or -1: train num_train_epochs), got {v!r}"
+    lo, hi = _TRAINER_RANGES.get(k, (None, None))
+    if lo is not None and v < lo: return f"must be >= {lo}, got {v!r}"
+    if hi is not None and v > hi: return f"must be <= {hi}, got {v!r}"
+    return None
+
 # %% ../nbs/02_config.ipynb #dca20185
 def _check_trainer(d, executor: str, key: str, ctx) -> dict:
     if d is None: return {}
@@ -484,6 +503,7 @@ def _check_trainer(d, executor: str, key: str, ctx) -> dict:
         if (p := _plain_problem(v)): ctx.add(kk, f"the value {p}"); continue
         tp = fields_[k]
         if not _type_ok(v, tp): ctx.add(kk, _type_msg(v, tp)); continue
+        if (p := _trainer_range_problem(k, v)): ctx.add(kk, p); continue
         if isinstance(v, str) and (E := _enum_in(tp)) is not None:
             valid = [m.value for m in E]
             if v not in valid: ctx.add(kk, f"{v!r} is not a valid {E.__name__} (valid: {', '.join(map(str, valid))})", _closest(v, valid, 0.5))
@@ -574,6 +594,26 @@ def _build_dc(cls, d, prefix: str, ctx: _Ctx, executor: str | None = None):
     if (post := getattr(obj, "_validate", None)) is not None: post(prefix, ctx)
     return None if len(ctx.problems) > n0 else obj
 
+# %% ../nbs/02_config.ipynb #6c8e2f02
+TASK_SPLITS = {"gsm8k_backtrack": ("gsm8k", "test"), "gsm8k_backtrack_cot_8shot": ("gsm8k", "test"),
+               "toy_arithmetic_backtrack": ("toy", "test"), "toy_target_backtrack": ("toy_target", "test")}
+"halluc's lm-eval tasks -> (the data they score, its split); `halluc.evaluation.HALLUC_TASKS` has the same names."
+
+def _family(source: str) -> str | None:
+    "`toy`, `toy_target`, `gsm8k` (the Hub dataset or a local copy named so), or None for other data."
+    if source in TOY_SOURCES: return source
+    return "gsm8k" if "gsm8k" in str(source).lower() else None
+
+def _check_eval_leak(cfg: "Config", ctx):
+    "Refuse training on the data and split an evaluation task in `eval.tasks` scores."
+    d = cfg.data
+    split = Path(d.source).stem if str(d.source).endswith((".jsonl", ".json")) else d.split   # a file is its own split
+    for t in cfg.eval.tasks:
+        fam, tsplit = TASK_SPLITS.get(t, (None, None))
+        if fam is not None and _family(d.source) == fam and split == tsplit:
+            ctx.add("data.split", f"trains on the {tsplit!r} split of {d.source!r}, which the evaluation task {t!r} (eval.tasks) "
+                    f"scores: the model would be evaluated on its training documents; train on 'train'")
+
 # %% ../nbs/02_config.ipynb #5b7d3c02
 def _check_vllm_lora(cfg: "Config", ctx):
     "Refuse GRPO + `trainer.use_vllm` + LoRA + `lora.train_bt_rows`: TRL's vLLM weight sync has no name for the BT-row adapters."
@@ -599,6 +639,7 @@ def _build(d, source: str, sources: dict[str, str] | None = None) -> Config:
     ctx.raise_if_any()
     cfg.trainer = dict(trainer)
     _check_vllm_lora(cfg, ctx)
+    _check_eval_leak(cfg, ctx)
     ctx.raise_if_any()
     object.__setattr__(cfg, "_sources", (source, dict(sources or {})))
     return cfg

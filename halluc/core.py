@@ -6,6 +6,7 @@ Docs: https://halluc.github.io/halluc/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #f127c020
 from __future__ import annotations
+from collections.abc import Mapping, Set as AbcSet
 from typing import NamedTuple, Sequence
 import torch
 
@@ -19,16 +20,27 @@ BACKTRACK_TOKEN = "<|BACKTRACK|>"
 "The token string halluc adds to tokenizers that have no reserved token to reuse."
 
 # %% ../nbs/00_core.ipynb #59c82219
+def _int_scalar(x, what: str) -> int:
+    "`x` as an int when it is an integer scalar (int, numpy integer, one-element integer tensor), else a ValueError naming `what`."
+    if isinstance(x, torch.Tensor):
+        if x.numel() == 1 and not x.is_floating_point() and not x.is_complex() and x.dtype != torch.bool: return int(x)
+    elif not isinstance(x, bool) and (isinstance(x, int) or (hasattr(x, "__index__") and type(x).__name__ != "bool_")):
+        return int(x.__index__())
+    raise ValueError(f"{what} must be an integer, got {type(x).__name__} {x!r}")
+
 def _check_bt_id(bt_id) -> int:
-    if isinstance(bt_id, bool) or not isinstance(bt_id, int):
-        if isinstance(bt_id, torch.Tensor) and bt_id.numel() == 1 and not bt_id.is_floating_point():
-            return int(bt_id)
-        raise ValueError(f"bt_id must be an int, got {type(bt_id).__name__} {bt_id!r}")
+    bt_id = _int_scalar(bt_id, "bt_id")
     if bt_id < 0: raise ValueError(f"bt_id must be >= 0, got {bt_id}")
     return bt_id
 
 # %% ../nbs/00_core.ipynb #71935edb
 def _as_id_list(ids) -> list[int]:
+    if isinstance(ids, (str, bytes, bytearray, memoryview)):
+        raise ValueError(f"ids must be a sequence of token ids, got {type(ids).__name__} (text or bytes: encode it with the tokenizer)")
+    if isinstance(ids, (AbcSet, Mapping)):
+        raise ValueError(f"ids must be an ordered sequence of token ids (list, tuple, array, tensor), got {type(ids).__name__}")
+    if type(ids).__module__ == "numpy" and getattr(ids, "ndim", 1) != 1:
+        raise ValueError(f"ids must be 1-D, got an array of shape {ids.shape}")
     if isinstance(ids, torch.Tensor):
         if ids.dim() != 1: raise ValueError(f"ids must be 1-D, got a tensor of shape {tuple(ids.shape)}")
         if ids.is_floating_point() or ids.dtype == torch.bool:

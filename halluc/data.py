@@ -20,19 +20,23 @@ log = logging.getLogger("halluc.data")
 
 # %% auto #0
 __all__ = ['log', 'INSTRUCTION', 'CONVERTERS', 'MISTAKES', 'normalize_question', 'record_id', 'BadRecord', 'parse_gsm8k_answer',
-           'Records', 'load_records', 'LeakageError', 'check_no_leakage', 'format_messages', 'format_prompt',
-           'pinned_template_variables', 'pin_chat_template', 'format_target', 'Encoded', 'encode_prompts',
-           'encode_records', 'ConvertParams', 'register_converter', 'get_converter', 'convert_clean', 'random_mistakes',
-           'convert_random', 'near_misses', 'numeric_mistakes', 'convert_numeric', 'search_proposals', 'convert_search',
-           'example_rng', 'make_example', 'build_sft_dataset', 'propagate_mistake', 'dpo_pairs', 'grpo_view']
+           'Records', 'load_records', 'LeakageError', 'check_no_leakage', 'format_messages', 'special_strings',
+           'control_tokens_in', 'check_user_text', 'format_prompt', 'pinned_template_variables', 'pin_chat_template',
+           'format_target', 'Encoded', 'encode_prompts', 'encode_records', 'ConvertParams', 'register_converter',
+           'get_converter', 'convert_clean', 'random_mistakes', 'convert_random', 'near_misses', 'numeric_mistakes',
+           'convert_numeric', 'search_proposals', 'convert_search', 'example_rng', 'make_example', 'build_sft_dataset',
+           'propagate_mistake', 'dpo_pairs', 'grpo_view']
 
 # %% ../nbs/06_data.ipynb #343eece6
 _CALC = re.compile(r"<<[^>]*>>")
 _FINAL = re.compile(r"####\s*(.+?)\s*$", re.S)
 
+_MATH = "+\\-*/×÷=<>^%$"   # symbols that change what a question asks: kept (as words) when the rest of the punctuation goes
+
 def normalize_question(q: str) -> str:
-    "Lower case, punctuation and whitespace collapsed: what the leakage guard compares."
-    return " ".join(re.sub(r"[^\w\s]", " ", q.lower()).split())
+    "Lower case, punctuation and whitespace collapsed, math symbols kept: what the leakage guard and record ids compare."
+    q = re.sub(f"([{_MATH}])", r" \1 ", q.lower())
+    return " ".join(re.sub(f"[^\\w\\s{_MATH}]", " ", q).split())
 
 # %% ../nbs/06_data.ipynb #250f953f
 def record_id(prefix: str, question: str) -> str:
@@ -61,8 +65,13 @@ class Records(list):
 
 # %% ../nbs/06_data.ipynb #3a6ac4b6
 def _rows_from_jsonl(path: Path):
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
+    "`(line number, row)` of a JSONL file; a UTF-8 BOM is dropped, a line that is not UTF-8 or not JSON is a `BadRecord` naming file and line."
+    with open(path, "rb") as f:
+        for i, raw in enumerate(f, 1):
+            if i == 1 and raw.startswith(b"\xef\xbb\xbf"): raw = raw[3:]   # a UTF-8 BOM (Windows editors write one)
+            try: line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield i, BadRecord(f"{path}:{i}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})"); continue
             if not line.strip(): continue
             try: yield i, json.loads(line)
             except json.JSONDecodeError as e: yield i, BadRecord(f"{path}:{i}: not valid JSON ({e.msg})")
@@ -148,9 +157,36 @@ def format_messages(question: str) -> list[dict]:
     "The user turn a chat template receives (trainers that apply the template themselves, like GRPO, take these)."
     return [{"role": "user", "content": f"{question}\n{INSTRUCTION}"}]
 
+# %% ../nbs/06_data.ipynb #9d4f1a02
+def special_strings(tokenizer) -> list[str]:
+    "The strings `tokenizer` encodes as special (control) tokens: its special tokens and its added special tokens."
+    out = set(getattr(tokenizer, "all_special_tokens", None) or [])
+    for t in (getattr(tokenizer, "added_tokens_decoder", None) or {}).values():
+        if getattr(t, "special", False): out.add(t.content)
+    return sorted((x for x in out if x), key=len, reverse=True)
+
+def control_tokens_in(text: str, tokenizer) -> list[str]:
+    "The control-token strings of `tokenizer` that occur in `text` (user text must hold none)."
+    return [t for t in special_strings(tokenizer) if t in text]
+
+def check_user_text(records: list[dict], tokenizer, on_bad_record: str = "error", where: str = "data") -> list[dict]:
+    "`records` whose questions hold no control token of `tokenizer`; one that does raises `BadRecord` or, with `skip`, is dropped with a warning."
+    specials, out, dropped = special_strings(tokenizer), [], []
+    for r in records:
+        bad = [t for t in specials if t in r["question"]]
+        if not bad: out.append(r); continue
+        msg = f"{where}: record {r.get('id')}: the question contains the control token {bad[0]!r} (it would be encoded as a special token)"
+        if on_bad_record == "error": raise BadRecord(msg + "; remove it, or set data.on_bad_record=skip")
+        dropped.append(msg)
+    if dropped: log.warning("skipped %d record(s) holding control tokens (first: %s)", len(dropped), dropped[0])
+    return out
+
 # %% ../nbs/06_data.ipynb #3a64843b
 def format_prompt(question: str, tokenizer=None) -> str:
-    "The prompt text for `question`: chat template if the tokenizer has one, else a plain template."
+    "The prompt text for `question`: chat template if the tokenizer has one, else a plain template. Control tokens in it are refused."
+    if tokenizer is not None and (bad := control_tokens_in(question, tokenizer)):
+        raise BadRecord(f"the question contains the control token {bad[0]!r}, which {type(tokenizer).__name__} would encode as a "
+                        f"special token (a forged turn or end of text): {question[:60]!r}")
     if tokenizer is not None and getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template(format_messages(question), tokenize=False, add_generation_prompt=True)
     return f"Question: {question}\n{INSTRUCTION}\nAnswer:\n"

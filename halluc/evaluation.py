@@ -32,8 +32,8 @@ __all__ = ['log', 'HUB_GSM8K', 'GSM8K_COT_EXEMPLARS', 'COT_PREFIX', 'PAYLOAD_KEY
            'resolve_gsm8k_path', 'gsm8k_dataset', 'gsm8k_cot_dataset', 'toy_dataset', 'toy_target_dataset',
            'doc_to_text_zeroshot', 'doc_to_text_cot', 'make_payload', 'parse_payload', 'per_100_tokens', 'ratio',
            'rouge_l', 'score_text', 'process_results', 'default_device', 'HFBacktrackLM', 'package_task_dir',
-           'task_yaml', 'write_task_files', 'task_dir', 'summarize', 'evaluate', 'lm_eval_main', 'print_include_path',
-           'main']
+           'task_yaml', 'write_task_files', 'task_dir', 'summarize', 'check_output_dir', 'evaluate', 'lm_eval_main',
+           'print_include_path', 'main']
 
 # %% ../nbs/13_eval.ipynb #eca17dd8
 HUB_GSM8K = "openai/gsm8k"
@@ -541,6 +541,22 @@ def _write_outputs(output_dir, out: dict, samples: dict):
                             ({**r, "halluc": parse_payload((r.get("filtered_resps") or r.get("resps") or [""])[0])} for r in rows))
     write_json_atomic(od / "eval.json", json.loads(json.dumps(out, default=str)))
 
+# %% ../nbs/13_eval.ipynb #1e9a4c02
+def _same_model(a, b) -> bool:
+    if a == b: return True
+    try: return Path(str(a)).expanduser().resolve() == Path(str(b)).expanduser().resolve()
+    except (OSError, RuntimeError): return False
+
+def check_output_dir(output_dir, model_name: str):
+    "Refuse `output_dir` when its `eval.json` is the evaluation of a model other than `model_name` (it would be overwritten)."
+    f = Path(output_dir) / "eval.json"
+    if not f.is_file(): return
+    try: old = json.loads(f.read_text(encoding="utf-8")).get("model")
+    except (OSError, ValueError, AttributeError): old = None
+    if old is not None and not _same_model(old, model_name):
+        raise FileExistsError(f"{f} holds the evaluation of {old!r}, not of {model_name!r}; evaluating into it would overwrite it: "
+                              "give another output folder (halluc eval --output-dir)")
+
 # %% ../nbs/13_eval.ipynb #cba6e287
 def evaluate(model_path_or_obj, tasks, limit: int | float | None = None, batch_size: int = 16, device: str | None = None,
              output_dir=None, tokenizer=None, max_new_tokens: int | None = None, gsm8k_path=None, toy_difficulty: int = 2,
@@ -554,6 +570,7 @@ def evaluate(model_path_or_obj, tasks, limit: int | float | None = None, batch_s
     names = _task_list(tasks)
     if any(n.startswith("gsm8k") for n in names): resolve_gsm8k_path(gsm8k_path)   # a missing file fails now, named
     lm = _lm_for(model_path_or_obj, tokenizer, batch_size, device, model_args)
+    if output_dir is not None: check_output_dir(output_dir, getattr(lm, "model_name", type(lm).__name__))
     inc = task_dir(gsm8k_path=gsm8k_path, toy_difficulty=toy_difficulty, toy_n=toy_n)
     tm = TaskManager(include_path=str(inc), include_defaults=False)
     gen = {"max_gen_toks": int(max_new_tokens)} if max_new_tokens else None

@@ -11,11 +11,11 @@ from pathlib import Path
 import torch
 from .config import Config, ConfigError, Problem, EXECUTORS as EXECUTOR_NAMES, TOY_SOURCES, yaml_load
 from .core import apply_backtracking
-from .io import write_json_atomic
+from .io import normalize_modes, write_json_atomic
 from .toy import make_toy
 from .patcher import add_backtrack_token, load_backtrack_model, lora_config_for_backtrack, save_backtrack_model
 from .data import (load_records, build_sft_dataset, check_no_leakage, encode_records, grpo_view, dpo_pairs, BadRecord,
-                         format_messages, pin_chat_template)
+                         format_messages, pin_chat_template, check_user_text)
 from .measure import bt_detection_auroc, evaluate_completions
 from .onpolicy import build_onpolicy_dataset
 from .reward import REWARD_NAMES, CurriculumCallback, curriculum_weights, make_reward_funcs
@@ -23,17 +23,23 @@ from .reward import REWARD_NAMES, CurriculumCallback, curriculum_weights, make_r
 log = logging.getLogger("halluc.executors")
 
 # %% auto #0
-__all__ = ['log', 'EXECUTORS', 'GracefulStop', 'DiskFullError', 'disk_problem', 'disk_full_error', 'run_train_loss', 'quick_eval',
-           'fused_head_compat', 'weights_dtype', 'missing_model_error', 'deepspeed_zero_stage', 'check_zero_stage',
-           'push_model_folder', 'BaseExecutor', 'SFTExecutor', 'OnPolicySFTExecutor', 'check_prompt_ids',
-           'GRPOExecutor', 'pretokenized_dpo_trainer', 'frozen_copy', 'DPOExecutor', 'executor_for']
+__all__ = ['log', 'EXECUTORS', 'UniformModes', 'GracefulStop', 'NonFiniteError', 'NonFiniteStop', 'check_finite_weights',
+           'DiskFullError', 'disk_problem', 'disk_full_error', 'run_train_loss', 'quick_eval', 'fused_head_compat',
+           'weights_dtype', 'missing_model_error', 'deepspeed_zero_stage', 'check_zero_stage', 'push_model_folder',
+           'BaseExecutor', 'SFTExecutor', 'OnPolicySFTExecutor', 'check_prompt_ids', 'GRPOExecutor',
+           'pretokenized_dpo_trainer', 'frozen_copy', 'DPOExecutor', 'executor_for']
 
 # %% ../nbs/12_executors.ipynb #d299c4b8
 import signal
 
 from transformers import TrainerCallback
 
-from .runs import prepare_run_dir, last_checkpoint, checkpoint_step, MetricsLogger, mark_status, is_main_process
+from .runs import prepare_run_dir, last_checkpoint, checkpoint_step, MetricsLogger, mark_status, is_main_process, finished_run
+
+class UniformModes(TrainerCallback):
+    "After each checkpoint save: the files transformers wrote (some `0600`) get the run's one mode (`halluc.io.normalize_modes`)."
+    def on_save(self, args, state, control, **kw):
+        if state.is_world_process_zero and args.output_dir and Path(args.output_dir).is_dir(): normalize_modes(args.output_dir)
 
 class GracefulStop(TrainerCallback):
     "On SIGTERM/SIGINT: save a checkpoint at the end of the current step, then stop training."
@@ -52,6 +58,29 @@ class GracefulStop(TrainerCallback):
         log.warning("signal %s: saving a checkpoint after this step, then stopping (send again to stop at once)", signum)
     def on_step_end(self, args, state, control, **kw):
         if self.signal is not None: control.should_save = True; control.should_training_stop = True
+
+# %% ../nbs/12_executors.ipynb #4d7e2b02
+import math
+
+class NonFiniteError(FloatingPointError):
+    "Training produced a non-finite loss, gradient norm or weight; the message says where and what to change."
+
+class NonFiniteStop(TrainerCallback):
+    "Raise `NonFiniteError` when a logged `loss` or `grad_norm` is NaN or infinite."
+    def on_log(self, args, state, control, logs=None, **kw):
+        for k in ("loss", "grad_norm"):
+            v = (logs or {}).get(k)
+            if isinstance(v, (int, float)) and not math.isfinite(v):
+                raise NonFiniteError(f"training stopped at step {state.global_step}: the {k.replace('_', ' ')} is {v} "
+                                     f"(learning rate {args.learning_rate:g}); lower trainer.learning_rate, set trainer.max_grad_norm, "
+                                     "or check the data; the run's checkpoints are kept")
+
+def check_finite_weights(model, where: str = "the trained model"):
+    "Raise `NonFiniteError` naming the first parameter of `model` that holds a NaN or infinite value."
+    for n, p in model.named_parameters():
+        if p.numel() and not torch.isfinite(p.detach()).all():
+            raise NonFiniteError(f"{where}: parameter {n} holds NaN/inf values; it is not saved (lower trainer.learning_rate, "
+                                 "check backtrack.noise_std)")
 
 # %% ../nbs/12_executors.ipynb #9c11a7f9
 import errno, shutil
@@ -232,15 +261,39 @@ def _fit(ex, stop):
     torch.manual_seed(ex.cfg.run.seed)
     tok, model = ex.load_tokenizer_and_model()
     train, ev = ex.load_records()
+    d = ex.cfg.data
+    train = check_user_text(train, tok, d.on_bad_record, "training data")   # control tokens in a question: refused or skipped
+    ev = check_user_text(ev, tok, d.on_bad_record, "evaluation data")
     ds = ex.build_dataset(train)
     args = ex.training_args()
     ex.trainer = ex.make_trainer(model, tok, ds, args)
     ex.trainer.add_callback(MetricsLogger(ex.run_dir / "metrics.jsonl"))
     ex.trainer.add_callback(stop)
+    ex.trainer.add_callback(NonFiniteStop())
+    ex.trainer.add_callback(UniformModes())
     for cb in ex.extra_callbacks: ex.trainer.add_callback(cb)
     ckpt = last_checkpoint(ex.run_dir) if ex.cfg.run.resume else None
     if ckpt: log.info("resuming from %s", ckpt)
+    if ckpt and (out := _completed_at(ex.trainer, ckpt)) is not None: return out, ckpt, tok, ev
     return ex.trainer.train(resume_from_checkpoint=ckpt), ckpt, tok, ev
+
+def _completed_at(trainer, ckpt):
+    """When checkpoint `ckpt` is the end of training (its `global_step` reached this config's `max_steps`, else the one it
+    was saved under: a run killed after its last checkpoint), load it into `trainer` and return the `TrainOutput` of the
+    whole run, training no further step."""
+    from transformers.trainer_callback import TrainerState
+    from transformers.trainer_utils import TrainOutput
+    try: st = TrainerState.load_from_json(str(Path(ckpt) / "trainer_state.json"))
+    except (OSError, ValueError): return None
+    planned = trainer.args.max_steps if trainer.args.max_steps and trainer.args.max_steps > 0 else st.max_steps  # this config's
+    if not (planned and st.global_step >= planned): return None
+    log.warning("%s is the last step (%d of %d): training is complete; saving and evaluating it without training further",
+                ckpt, st.global_step, planned)
+    trainer._load_from_checkpoint(ckpt)
+    trainer.state = st
+    logged = [float(h["loss"]) for h in st.log_history if "loss" in h]
+    mean = sum(logged) / len(logged) if logged else float("nan")   # used when the logging steps do not tile the run
+    return TrainOutput(st.global_step, run_train_loss(st.log_history, mean, st.global_step, st.global_step), {})
 
 # %% ../nbs/12_executors.ipynb #d80c1bf4
 def _train_result(ex, out, ckpt, t0: float) -> dict:
@@ -256,6 +309,7 @@ def _train_result(ex, out, ckpt, t0: float) -> dict:
 # %% ../nbs/12_executors.ipynb #8e00226c
 def _save_and_eval(ex, tok, ev, result: dict, eval_limit, step: int):
     "Save the trained model with `halluc.json`, quick-evaluate it into `result`, write `result.json`, mark the run finished."
+    check_finite_weights(ex.trainer.model, f"run {ex.run_dir}")
     save_backtrack_model(ex.trainer.model, tok, ex.run_dir / "model", overwrite=True, info=ex.save_info())
     e = ex.cfg.eval
     recs = ev[: (eval_limit or e.limit or len(ev))]
@@ -396,6 +450,11 @@ class BaseExecutor:
         if multi and not self.cfg.run.name:
             raise ValueError("run.name: set a run name for a multi-process run (each process must agree on the folder)")
         check_zero_stage(self.cfg)
+        if (done := finished_run(self.cfg)) is not None:   # a finished run: nothing to resume, nothing written
+            log.warning("run %s/%s has finished (step %s): nothing to resume; its result is returned as it is. Set run.overwrite=true "
+                        "to train it again (the old folder is moved aside)", self.cfg.run.root, self.cfg.run.name, done.get("global_step"))
+            self.run_dir = Path(self.cfg.run.root) / self.cfg.run.name
+            return dict(done, already_finished=True)
         self.run_dir = prepare_run_dir(self.cfg, f"{self.kind}-{time.strftime('%Y%m%d-%H%M%S')}")
         main = is_main_process()
         stop = GracefulStop().install()

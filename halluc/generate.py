@@ -16,7 +16,8 @@ from .io import read_json, read_jsonl, write_json_atomic, write_jsonl_atomic
 log = logging.getLogger("halluc.generate")
 
 # %% auto #0
-__all__ = ['log', 'SAMPLING_VERSION', 'generate_batch', 'sample_solutions', 'generate_completions', 'continue_completions']
+__all__ = ['log', 'SAMPLING_VERSION', 'generate_batch', 'model_fingerprint', 'sample_solutions', 'generate_completions',
+           'continue_completions']
 
 # %% ../nbs/07_generate.ipynb #372815a3
 def _left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -150,6 +151,18 @@ def _sample_chunks(model, chunks: list[list[Encoded]], done: dict[int, list[dict
         model.train(was_training); bar.close()
     return done
 
+# %% ../nbs/07_generate.ipynb #8e1f3a02
+@torch.no_grad()
+def model_fingerprint(model) -> str:
+    "A SHA-1 of `model`'s weights: per tensor its name, shape, dtype, sum and 64 strided values (one pass over the weights)."
+    h = hashlib.sha1()
+    for n, p in model.named_parameters():
+        flat = p.detach().reshape(-1)
+        step = max(1, flat.numel() // 64)
+        h.update(f"{n}:{tuple(p.shape)}:{p.dtype}:{float(flat.double().sum()):.10e}:".encode())
+        h.update(flat[::step][:64].double().cpu().numpy().tobytes())
+    return h.hexdigest()
+
 # %% ../nbs/07_generate.ipynb #edaf9b67
 def sample_solutions(model, tokenizer, records: list[dict], k: int = 4, batch_size: int = 32, max_new_tokens: int = 96,
                      temperature: float = 1.0, seed: int = 0, out_dir=None, chunk_size: int = 256, top_k: int = 0,
@@ -172,7 +185,9 @@ def sample_solutions(model, tokenizer, records: list[dict], k: int = 4, batch_si
         out.mkdir(parents=True, exist_ok=True)
         meta = dict(version=SAMPLING_VERSION, n_records=len(records), k=k, batch_size=batch_size, max_new_tokens=max_new_tokens,
                     temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, chunk_size=chunk_size, prompt_limit=limit,
-                    records_sha1=hashlib.sha1("\n".join(r["id"] for r in records).encode()).hexdigest())
+                    records_sha1=hashlib.sha1("\n".join(r["id"] for r in records).encode()).hexdigest(),
+                    prompts_sha1=hashlib.sha1(json.dumps([e.prompt_ids for e in encs]).encode()).hexdigest(),
+                    model_sha1=model_fingerprint(model))
         done = _resume(out, meta, chunks, k)
     done = _sample_chunks(model, chunks, done, out, k, batch_size, pad, eos, max_new_tokens, temperature, top_k, top_p, limit,
                           seed, progress)

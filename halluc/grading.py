@@ -6,15 +6,17 @@ Docs: https://halluc.github.io/halluc/grading.html.md"""
 
 # %% ../nbs/03_grading.ipynb #cf6a8d1d
 from __future__ import annotations
-import ast, math, operator, re
+import ast, math, operator, re, unicodedata
+from decimal import Decimal, localcontext
+from fractions import Fraction
 from functools import lru_cache
 from typing import NamedTuple
 
 # %% auto #0
 __all__ = ['ANSWER_PREFIX', 'NUMBER_RE', 'MAX_EXPR_CHARS', 'MAX_DEPTH', 'MAX_DIGITS', 'MAX_ABS', 'MAX_STEPS', 'COMMON_CONSTANTS',
-           'normalize_number', 'answers_match', 'answer_lines', 'answer_from_lines', 'extract_answer', 'safe_eval',
-           'StepCheck', 'scan_steps', 'Step', 'find_steps', 'check_steps', 'first_wrong_step', 'claim_span',
-           'simple_operands', 'prompt_numbers', 'process_score', 'process_credit', 'clear_caches']
+           'normalize_number', 'ascii_digits', 'answers_match', 'answer_lines', 'answer_from_lines', 'extract_answer',
+           'safe_eval', 'StepCheck', 'scan_steps', 'Step', 'find_steps', 'check_steps', 'first_wrong_step',
+           'claim_span', 'simple_operands', 'prompt_numbers', 'process_score', 'process_credit', 'clear_caches']
 
 # %% ../nbs/03_grading.ipynb #44d6d770
 ANSWER_PREFIX = "The answer is:"
@@ -36,10 +38,48 @@ def normalize_number(s) -> str | None:
     if s is None or len(s) > 4 * _MAX_NUM_CHARS: return None
     return _normalize_str(s)
 
+def ascii_digits(text: str) -> str:
+    "`text` with the decimal digits of every script (Arabic-Indic `٣`, fullwidth `３`, ...) as 0-9 and `−` as `-` (lengths kept)."
+    if text.isascii(): return text
+    return re.sub(r"\d", lambda m: str(unicodedata.decimal(m.group(0), "")) or m.group(0), text.replace("\u2212", "-"))
+
+_SCI = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][+-]?[0-9]{1,2}")
+_FRAC = re.compile(r"([+-]?)(?:([0-9]+)[ \t]+)?([0-9]+)[ \t]*/[ \t]*([0-9]+)")
+_UNDERSCORE = re.compile(r"(?<=[0-9])_(?=[0-9])")
+
+def _fixed(d: Decimal) -> str | None:
+    "`d` as a plain decimal string, or None beyond `_MAX_NUM_CHARS`."
+    out = format(d, "f")
+    return out if len(out) <= _MAX_NUM_CHARS else None
+
+def _fraction_str(sign: str, whole, num: str, den: str) -> str | None:
+    "The decimal of `sign whole num/den` when it terminates, else None."
+    if int(den) == 0 or len(num) + len(den) + len(whole or "") > 40: return None
+    f = Fraction(int(whole or 0)) + Fraction(int(num), int(den))
+    q = f.denominator
+    for p_ in (2, 5):
+        while q % p_ == 0: q //= p_
+    if q != 1: return None                        # 1/3: no finite decimal
+    with localcontext() as ctx:
+        ctx.prec = 80
+        out = _fixed(Decimal(f.numerator) / Decimal(f.denominator))
+    return None if out is None else ("-" if sign == "-" else "") + out
+
 @lru_cache(maxsize=1 << 16)
 def _normalize_str(s: str) -> str | None:
-    s = s.strip().replace("\u2212", "-").replace("$", "").replace(",", "").replace(" ", "").rstrip(".")
+    s = s.strip()
+    if not s.isascii(): s = ascii_digits(s)
+    s = _UNDERSCORE.sub("", s.replace("$", "").replace(",", "")).rstrip(".").strip()
     if len(s) > _MAX_NUM_CHARS: return None
+    if "/" in s:
+        m = _FRAC.fullmatch(s)
+        return _fraction_str(*m.groups()) if m else None
+    s = s.replace(" ", "")
+    if _SCI.fullmatch(s):
+        with localcontext() as ctx:
+            ctx.prec = 80
+            s = _fixed(Decimal(s))
+        if s is None: return None
     m = _CANON.fullmatch(s)
     if m is None: return None
     sign, ip, fp = m.groups()
@@ -54,8 +94,13 @@ def answers_match(pred, gold) -> bool:
     return a is not None and a == normalize_number(gold)
 
 # %% ../nbs/03_grading.ipynb #6ed2809e
-# every optional run below is followed by something it cannot match, so no regex here backtracks badly
-_ANS_NUM = r"(-?\$?[ \t]?-?[0-9][0-9,]*(?:\.[0-9]+)?)"
+# every optional run below is followed by something it cannot match, so no regex here backtracks badly.
+# A number is taken whole, in any notation it is written in (a leading '.', 1e3, 3/4, 2 1/2, 1_000, 0x1F), so a
+# notation normalize_number cannot read gives None rather than its leading digits.
+_NUM_BODY = (r"-?(?:[0-9][0-9,_]*(?:\.[0-9]+)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?"
+             r"(?:[ \t]+[0-9]+[ \t]*/[ \t]*[0-9]+|[ \t]*/[ \t]*[0-9]+)?(?:[xX][0-9a-fA-F]+)?")
+_ANS_NUM = r"(-?\$?[ \t]?" + _NUM_BODY + ")"
+_TOKEN_RE = re.compile(r"-?\$?" + _NUM_BODY)
 _STRICT_RE = re.compile("(?i:" + re.escape(ANSWER_PREFIX.rstrip(":")) + r"):?[ \t*]*" + _ANS_NUM)  # the one answer-line pattern
 _PREFIX_LOW = ANSWER_PREFIX.rstrip(":").lower()
 _HASH_RE = re.compile(r"####[ \t*]*" + _ANS_NUM)
@@ -69,7 +114,9 @@ def _find_all(hay: str, needle: str):
         i = hay.find(needle, i + 1)
 
 def answer_lines(text: str) -> tuple[list, list]:
-    "Matches of `The answer is: N` and of `#### N` (group 1: the number); a literal search first, so the regexes only run where they can match."
+    """Matches of `The answer is: N` and of `#### N` (group 1: the number; digits of any script read as 0-9); a literal
+    search first, so the regexes only run where they can match."""
+    text = ascii_digits(text)
     low = text.lower() if "nswer" in text or "NSWER" in text else ""
     strict = [m for i in _find_all(low, _PREFIX_LOW) if (m := _STRICT_RE.match(text, i))] if low else []
     hashes = [m for i in _find_all(text, "####") if (m := _HASH_RE.match(text, i))] if "####" in text else []
@@ -83,7 +130,7 @@ def _last_number(text: str) -> str | None:
         end = len(text) - m.start()
         lo = max(0, end - 4 * _MAX_NUM_CHARS)
         last = None
-        for last in NUMBER_RE.finditer(text, lo, end): pass
+        for last in _TOKEN_RE.finditer(text, lo, end): pass
         if last is None: return None
         v = last.group(0)
         if v[0] == "-" and last.start() > 0 and (text[last.start() - 1].isalnum() or text[last.start() - 1] == ")"): v = v[1:]
@@ -100,6 +147,7 @@ def _last_valid(matches) -> str | None:
 
 def answer_from_lines(text: str, lines: tuple[list, list], strict: bool = False) -> str | None:
     "`extract_answer(text, strict)` from `lines = answer_lines(text)`, for callers that read the answer lines anyway."
+    text = ascii_digits(text)
     sm, hm = lines
     v = _last_valid(sm)
     if v is None: v = _last_valid(hm)
@@ -109,6 +157,7 @@ def answer_from_lines(text: str, lines: tuple[list, list], strict: bool = False)
 def extract_answer(text, strict: bool = False) -> str | None:
     "The normalised answer of `text`: last `The answer is: N`, else last `#### N`, else (non-strict) the last number."
     if not isinstance(text, str) or not text: return None
+    text = ascii_digits(text)
     return answer_from_lines(text, answer_lines(text), strict)
 
 # %% ../nbs/03_grading.ipynb #7b3c7479

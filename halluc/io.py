@@ -11,12 +11,26 @@ from pathlib import Path
 from typing import Callable
 
 # %% auto #0
-__all__ = ['FILE_MODE', 'DIR_MODE', 'CorruptFileError', 'write_atomic', 'write_text_atomic', 'write_json_atomic',
-           'write_jsonl_atomic', 'make_temp_dir', 'move', 'read_json', 'append_jsonl', 'read_jsonl']
+__all__ = ['FILE_MODE', 'DIR_MODE', 'file_mode', 'dir_mode', 'CorruptFileError', 'write_atomic', 'write_text_atomic',
+           'write_json_atomic', 'write_jsonl_atomic', 'normalize_modes', 'make_temp_dir', 'move', 'read_json',
+           'append_jsonl', 'read_jsonl']
 
 # %% ../nbs/01_io.ipynb #144b9f2e
 FILE_MODE, DIR_MODE = 0o644, 0o755
-"The mode of every file and folder halluc writes."
+"The mode of every file and folder halluc writes, before the umask takes its bits (as for `open` and `mkdir`)."
+
+def _umask() -> int:
+    "The process umask (read by setting and restoring it)."
+    m = os.umask(0o022); os.umask(m)
+    return m
+
+def file_mode() -> int:
+    "`FILE_MODE` under the umask: the mode a new file gets from `open()`, given to every file halluc writes atomically."
+    return FILE_MODE & ~_umask()
+
+def dir_mode() -> int:
+    "`DIR_MODE` under the umask: the mode `mkdir` gives a new folder."
+    return DIR_MODE & ~_umask()
 
 # %% ../nbs/01_io.ipynb #74feed1c
 class CorruptFileError(ValueError):
@@ -38,7 +52,7 @@ def write_atomic(path, write: Callable) -> Path:
     try:
         with os.fdopen(fd, "wb") as f:
             write(f); f.flush(); os.fsync(f.fileno())
-        os.chmod(tmp, FILE_MODE)   # mkstemp makes 0600
+        os.chmod(tmp, file_mode())   # mkstemp makes 0600; the rest of the run's files get 0644 under the umask
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError): os.unlink(tmp)
@@ -70,12 +84,24 @@ def write_jsonl_atomic(path, rows) -> Path:
     "Write the dicts of `rows` as a whole JSONL file, atomically."
     return write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False, default=_json_default) + "\n" for r in rows))
 
+# %% ../nbs/01_io.ipynb #6f2a9c02
+def normalize_modes(folder) -> Path:
+    "Give every file under `folder` `file_mode()` and every folder (itself included) `dir_mode()`."
+    folder = Path(folder)
+    fm, dm = file_mode(), dir_mode()
+    for dirpath, dirnames, filenames in os.walk(folder):
+        os.chmod(dirpath, dm)
+        for f in filenames:
+            p = os.path.join(dirpath, f)
+            if not os.path.islink(p): os.chmod(p, fm)
+    return folder
+
 # %% ../nbs/01_io.ipynb #5d0c7461
 def make_temp_dir(parent, prefix: str) -> Path:
     "A new empty folder in `parent` (created), with `DIR_MODE` rather than mkdtemp's 0700."
     parent = Path(parent); parent.mkdir(parents=True, exist_ok=True)
     d = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
-    os.chmod(d, DIR_MODE)
+    os.chmod(d, dir_mode())
     return d
 
 # %% ../nbs/01_io.ipynb #0da36a15
@@ -98,7 +124,7 @@ def append_jsonl(path, record: dict, fsync: bool = False) -> None:
     "Append `record` as one whole JSON line to `path` (created if missing) and flush it to the OS; `fsync` to the disk too."
     line = json.dumps(record, default=_json_default) + "\n"
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, FILE_MODE)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, FILE_MODE)   # os.open applies the umask itself
     try:
         end = os.lseek(fd, 0, os.SEEK_END)
         if end and os.pread(fd, 1, end - 1) != b"\n": line = "\n" + line   # a torn last line: start afresh

@@ -18,7 +18,7 @@ from .io import move, read_json, write_json_atomic
 from .measure import attempt_diagnostics, bt_detection_auroc, evaluate_completions, paired_comparison, seed_summary
 from .patcher import load_backtrack_model
 from .report import plot_accuracy, plot_bt_positions, plot_samples, plot_training
-from .runs import check_run_name, create_run_dir, mark_status, JOB_ENV, run_job, is_main_process
+from .runs import check_run_name, create_run_dir, mark_status, JOB_ENV, run_job, is_main_process, config_changes, RunExistsError
 
 log = logging.getLogger("halluc.jobs")
 
@@ -110,7 +110,8 @@ def eval_job(model: str, tasks=None, limit: int | None = None, output_dir: str |
     if (p / "model" / "halluc.json").exists() or (p / "model" / "config.json").exists(): p = p / "model"
     if not p.exists(): raise FileNotFoundError(f"model folder not found: {model}")
     if smoke: limit, max_new_tokens = min(limit or 4, 4), min(max_new_tokens or 32, 32)
-    out = Path(output_dir) if output_dir else p.parent
+    # beside its own model: a run's model/ reports into its run folder, any other folder into a folder named for it
+    out = Path(output_dir) if output_dir else (p.parent if p.name == "model" else p.parent / f"{p.name}-eval")
     res = evaluate(str(p), tasks or ["toy_arithmetic_backtrack"], limit=limit, batch_size=batch_size, output_dir=out,
                    max_new_tokens=max_new_tokens, toy_difficulty=toy_difficulty, gsm8k_path=gsm8k_path, toy_n=toy_n, device=device)
     return res
@@ -554,9 +555,14 @@ class SelfCorrectionLoop:
         for r in range(first, self.rounds + 1):
             rd = root / f"round-{r}"
             done = (rd / "result.json").exists() and (rd / "model" / "halluc.json").exists()
-            if done: res = read_json(rd / "result.json"); log.info("round %d: finished earlier (%s)", r, rd)
+            ex = self._executor(r, root, rd, model_path)
+            if done:   # a finished round is reused only by the config that made it
+                if (ch := config_changes(rd, ex.cfg)):
+                    raise RunExistsError(f"round {r} of {root} was trained with another config ({'; '.join(f'{k}: {a!r} there, {b!r} now' for k, (a, b) in list(ch.items())[:6])}): "
+                                         "give the loop another run.name, or remove that folder")
+                res = read_json(rd / "result.json"); log.info("round %d: finished earlier (%s)", r, rd)
             else:
-                res = self._executor(r, root, rd, model_path).run()
+                res = ex.run()
                 if res.get("interrupted"):
                     summary["interrupted"] = r; write_json_atomic(root / "loop.json", summary); return summary
             summary["rounds"].append(_round_row(r, rd, res))

@@ -6,14 +6,14 @@ Docs: https://halluc.github.io/halluc/patcher.html.md"""
 
 # %% ../nbs/05_patcher.ipynb #cf7dbef9
 from __future__ import annotations
-import copy, json, math, shutil, uuid, warnings
+import copy, json, logging, math, shutil, uuid, warnings
 from pathlib import Path
 import torch
 from torch import nn
 from . import __version__
 from .core import BACKTRACK_TOKEN, RESERVED_BT_TOKEN, recorded_bt_token, bt_token_of
 from .config import BT_INITS
-from .io import make_temp_dir, move, write_json_atomic
+from .io import make_temp_dir, move, normalize_modes, write_json_atomic
 
 # %% auto #0
 __all__ = ['SEMANTIC_WORDS', 'DESCRIPTION', 'PEFT_MECHANISMS', 'HALLUC_JSON', 'check_bt_token', 'init_backtrack_embeddings',
@@ -50,6 +50,10 @@ def check_bt_token(tokenizer, token: str, bt_id) -> int:
     unk = getattr(tokenizer, "unk_token", None)
     if unk is not None and bt_id == tokenizer.unk_token_id and token != unk:
         raise ValueError(f"BT token {token!r} is not in the vocabulary: it maps to the unk id {bt_id}")
+    added = (getattr(tokenizer, "added_tokens_decoder", None) or {}).get(bt_id)
+    if added is None or not getattr(added, "special", False) or added.content != token:
+        raise ValueError(f"BT token {token!r} (id {bt_id}) is an ordinary vocabulary token, not a special (added) one: every "
+                         f"{token!r} in text would delete a token. Use {BACKTRACK_TOKEN!r} or a reserved special token")
     ids = tokenizer(token, add_special_tokens=False)["input_ids"]
     if ids != [bt_id]:
         raise ValueError(f"BT token {token!r} encodes to {ids}, not to the single id [{bt_id}]: it must be a special (added) token")
@@ -177,12 +181,13 @@ def _resize_for(model, tokenizer, bt_id: int) -> int | None:
 
 # %% ../nbs/05_patcher.ipynb #1e825697
 def add_backtrack_token(tokenizer, model=None, init: str | None = "semantic", seed: int = 0,
-                        noise_std: float | None = None) -> int:
+                        noise_std: float | None = None, reinit: bool = False) -> int:
     """Give `tokenizer` (and `model`) a backtrack token and return its id.
     Reuses `<|reserved_special_token_0|>` where the vocabulary has it, else adds `<|BACKTRACK|>` (and grows `model`'s
     embeddings to a multiple of 64 rows when they are too few). With a model, the BT rows are initialised with `init`
-    (one of `BT_INITS`; None leaves them alone, e.g. for a model whose BT row is already trained).
-    Idempotent: a second call returns the same id and adds nothing."""
+    (one of `BT_INITS`; None leaves them alone). A model whose BT row is already set — patched before, or loaded from a
+    halluc folder (its tokenizer records the BT token) — keeps its rows unless `reinit=True`: a trained row is never
+    overwritten without asking. Idempotent: a second call returns the same id and changes nothing."""
     _check_init(init, noise_std)
     if isinstance(seed, bool) or not isinstance(seed, int): raise ValueError(f"seed must be an int, got {seed!r}")
     if not all(hasattr(tokenizer, a) for a in ("convert_tokens_to_ids", "get_vocab", "add_special_tokens", "init_kwargs")):
@@ -190,6 +195,7 @@ def add_backtrack_token(tokenizer, model=None, init: str | None = "semantic", se
     if model is not None:
         if _is_peft(model): raise ValueError("patch the base model before wrapping it with PEFT (got a PeftModel)")
         if not hasattr(model, "get_input_embeddings"): raise ValueError(f"model must be a transformers model, got {type(model).__name__}")
+    patched = bool(getattr(model, "_halluc_backtrack", None))   # this model's BT row was set: patched, or loaded from a halluc folder
     token = _pick_bt_token(tokenizer)
     if token not in tokenizer.get_vocab():
         tokenizer.add_special_tokens({"extra_special_tokens": [token]}, replace_extra_special_tokens=False)
@@ -199,8 +205,13 @@ def add_backtrack_token(tokenizer, model=None, init: str | None = "semantic", se
         resized_from = _resize_for(model, tokenizer, bt_id)
         if bt_id >= model.get_input_embeddings().weight.shape[0]:
             raise ValueError(f"BT id {bt_id} is outside the model's {model.get_input_embeddings().weight.shape[0]} embedding rows")
-        done = init_backtrack_embeddings(model, tokenizer, bt_id, init, seed, noise_std) if init is not None else {"init": None}
         prev = getattr(model, "_halluc_backtrack", {}) or {}
+        keep = init is not None and patched and not reinit
+        if keep:
+            logging.getLogger("halluc.patcher").info("BT row %d of %s is already set (a halluc model, or patched before): kept; "
+                                                     "pass reinit=True to initialise it again", bt_id, type(model).__name__)
+        if keep or init is None: done = {k: prev[k] for k in ("init", "seed", "noise_std", "output_row") if k in prev} or {"init": None}
+        else: done = init_backtrack_embeddings(model, tokenizer, bt_id, init, seed, noise_std)
         model._halluc_backtrack = dict(bt_token=token, bt_id=bt_id, **done,
                                        resized_from=resized_from if resized_from is not None else prev.get("resized_from"))
     return bt_id
@@ -362,6 +373,7 @@ def save_backtrack_model(model, tokenizer, path, merge: bool = True, info: dict 
     tmp = make_temp_dir(path.parent, f".{path.name}.tmp-")
     try:
         _write_model_folder(model, tokenizer, tmp, meta, is_peft, merge)
+        normalize_modes(tmp)   # transformers / safetensors may write 0600 files
         if path.exists():
             old = move(path, path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}"))
         move(tmp, path)
@@ -428,6 +440,9 @@ def load_backtrack_model(path, dtype=None, device=None, trust_remote_code: bool 
         _record_bt_token(tokenizer, info["bt_token"])
         rows = _unwrap(model).get_input_embeddings().weight.shape[0]
         if bt_id >= rows: raise ValueError(f"{path}: BT id {bt_id} is outside the model's {rows} embedding rows")
+        # the BT row is trained: add_backtrack_token on this model keeps it (reinit=True to overwrite)
+        _unwrap(model)._halluc_backtrack = dict(bt_token=info["bt_token"], bt_id=bt_id, loaded_from=str(path), init=info.get("init"),
+                                                **{k: info[f"init_{k}"] for k in ("seed", "noise_std") if f"init_{k}" in info})
     if device is not None: model.to(device)
     if not is_trainable: model.eval()
     return model, tokenizer, info

@@ -47,7 +47,8 @@ def find_runs(where) -> list[Path]:
         for dirpath, dirnames, _ in os.walk(c):
             dp = Path(dirpath)
             if dp != c and _is_run_dir(dp): out.append(dp); dirnames[:] = []; continue
-            dirnames[:] = sorted(x for x in dirnames if not x.startswith(".") and x not in _NO_DESCEND)
+            # a run's own checkpoints/, model/, plots/ are not searched, but a run *named* so is still a run
+            dirnames[:] = sorted(x for x in dirnames if not x.startswith(".") and (x not in _NO_DESCEND or _is_run_dir(dp / x)))
     return list(dict.fromkeys(out))
 
 # %% ../nbs/14_report.ipynb #2a7d1ffa
@@ -169,6 +170,26 @@ def _names(dirs: list[Path]) -> list[str]:
     base = Path(os.path.commonpath([p.parent for p in res]))
     return [str(p.relative_to(base)) for p in res]
 
+# %% ../nbs/14_report.ipynb #2f6b0d02
+_FILES_OF = {"config": "config.yaml", "run": "run.json", "status": "status.json", "result": "result.json", "eval": "eval.json",
+             "metrics": "metrics.jsonl"}
+
+def _row_or_problem(r: dict, name: str) -> dict:
+    "The `compare_runs` row of loaded run `r`, or `{file, error}` naming the file whose shape made it fail."
+    def build(rr):
+        row = _row(rr, name)
+        bad = [k for k in ("steps", "final_loss", "train_loss", "exact_match") if isinstance(row.get(k), float) and not math.isfinite(row[k])]
+        if bad: raise ValueError(f"{', '.join(bad)} is not a finite number")
+        return row
+    try: return build(r)
+    except Exception as e:
+        for key, fname in _FILES_OF.items():
+            blank = dict(r, **{key: pd.DataFrame() if key == "metrics" else None})
+            try: build(blank)
+            except Exception: continue
+            return dict(file=str(Path(r["path"]) / fname), error=f"unexpected shape: {type(e).__name__}: {e}")
+        return dict(file=None, error=f"{type(e).__name__}: {e}")
+
 # %% ../nbs/14_report.ipynb #21bc1b60
 _CORE = ["run", "arm", "executor", "model", "converter", "seed", "learning_rate", "status", "steps", "final_loss", "train_loss",
          "exact_match", "counterfactual_exact_match", "bt_rate", "share_with_bt", "bt_precision", "n_eval"]
@@ -184,8 +205,10 @@ def compare_runs(runs="runs", sort_by: str | list[str] | None = None) -> pd.Data
             skipped.append(dict(run=name, path=str(d), file=None, error=f"{type(e).__name__}: {e}")); continue
         if r["problems"]:
             skipped += [dict(run=name, path=str(d), **p) for p in r["problems"]]; continue
+        row = _row_or_problem(r, name)
+        if "error" in row: skipped.append(dict(run=name, path=str(d), file=row["file"], error=row["error"])); continue
         warns += [dict(run=name, path=str(d), **w) for w in r["warnings"]]
-        rows.append(_row(r, name))
+        rows.append(row)
     df = pd.DataFrame(rows)
     if df.empty: df = pd.DataFrame(columns=_CORE + ["path"])
     extra = [c for c in df.columns if c not in _CORE and c != "path"]

@@ -8,6 +8,7 @@ Docs: https://halluc.github.io/halluc/reward.html.md"""
 from __future__ import annotations
 import dataclasses, functools, logging, math, numbers, re
 from collections.abc import Mapping
+from bisect import bisect_left
 from itertools import compress, islice
 from typing import Callable, NamedTuple
 import torch
@@ -126,15 +127,19 @@ def kept_mask(n: int, edits: list[Edit]) -> list[bool]:
     return keep
 
 # %% ../nbs/10_reward.ipynb #93ac459f
-def _typed_after(ids, keep: list[bool], edits: list[Edit], i: int) -> list[int]:
-    "What is typed after edit `i`: up to the next BT, or, when that survives, the surviving text from there on."
+def _typed_after(ids, keep: list[bool], edits: list[Edit], i: int, alive: list[int] | None = None) -> list[int]:
+    """What is typed after edit `i`: up to the next BT, or, when that survives, the surviving text from there on
+    (`alive`: the surviving positions in order, found once per completion, so a completion costs linear time)."""
     e = edits[i]
     if e.end < len(ids) and not keep[e.end]: return list(ids[e.end:edits[i + 1].start])  # deleted again by a later edit
-    return list(islice(compress(ids[e.end:], keep[e.end:]), len(e.deleted)))
+    if alive is None: alive = [p for p, k in enumerate(keep) if k]
+    j = bisect_left(alive, e.end)
+    return [ids[p] for p in alive[j:j + len(e.deleted)]]
 
 def retyped_counts(ids, keep: list[bool], edits: list[Edit]) -> list[int]:
     "Per edit: how many of the tokens it deleted are typed again, in order, right after it."
-    return [common_prefix([ids[p] for p in e.deleted], _typed_after(ids, keep, edits, i)) for i, e in enumerate(edits)]
+    alive = [p for p, k in enumerate(keep) if k] if edits else []
+    return [common_prefix([ids[p] for p in e.deleted], _typed_after(ids, keep, edits, i, alive)) for i, e in enumerate(edits)]
 
 # %% ../nbs/10_reward.ipynb #bbe6c29e
 def deleted_mistake(before: str, after: str, final: str | None) -> bool:
@@ -236,19 +241,24 @@ def _prompt_text(p) -> str:
 
 # %% ../nbs/10_reward.ipynb #5f95ed4f
 class _LastBatch:
-    """The last batch's scores, for TRL's next call with the very same lists: the second to fourth calls then skip the
-    validation, hashing and lookup of every row: 1.6x for the four calls (bench_reward --tricks)."""
-    def __init__(self): self.cols = self.rows = self.scores = None
+    """The last batch's scores, for TRL's next call with the same batch: the second to fourth calls then skip the
+    validation, hashing and lookup of every row. Reused only when the batch's *contents* are equal to the last one's
+    (every row's ids, every prompt's text, every gold answer), so a row edited in place is scored anew."""
+    def __init__(self): self.key = self.scores = None
+
+    @staticmethod
+    def _key(prompts, completion_ids, final, n: int):
+        "Exactly what the scores of the batch depend on, as plain tuples; None when a column is not a list of rows."
+        if not isinstance(completion_ids, list) or not all(isinstance(r, (list, tuple)) for r in completion_ids): return None
+        col = lambda c, f: tuple(f(x) for x in c) if _is_column(c) else ("*", f(c))
+        return (n, tuple(map(tuple, completion_ids)), col(prompts, _prompt_text), col(final, str))
 
     def get(self, prompts, completion_ids, final, n: int) -> list[Scores] | None:
-        if self.cols is None or any(a is not b for a, b in zip(self.cols, (prompts, completion_ids, final))): return None
-        if len(self.scores) != n or len(completion_ids) != len(self.rows): return None
-        return self.scores if all(r is s and len(r) == k for r, (s, k) in zip(completion_ids, self.rows)) else None
+        if self.key is None: return None
+        return self.scores if self._key(prompts, completion_ids, final, n) == self.key else None
 
     def put(self, prompts, completion_ids, final, scores: list[Scores]):
-        ok = isinstance(completion_ids, list) and all(isinstance(r, (list, tuple)) for r in completion_ids)
-        self.cols, self.rows = ((prompts, completion_ids, final), [(r, len(r)) for r in completion_ids]) if ok else (None, None)
-        self.scores = scores
+        self.key, self.scores = self._key(prompts, completion_ids, final, len(scores)), scores
 
 # %% ../nbs/10_reward.ipynb #8ae768d7
 class Scorer:

@@ -17,9 +17,10 @@ from .io import CorruptFileError, append_jsonl, read_json, read_jsonl, write_jso
 log = logging.getLogger("halluc.runs")
 
 # %% auto #0
-__all__ = ['log', 'PACKAGES', 'STATUSES', 'JOB_ENV', 'check_run_name', 'RunExistsError', 'create_run_dir', 'package_versions',
-           'git_info', 'hardware_info', 'write_run_info', 'peak_memory', 'mark_status', 'run_job', 'is_main_process',
-           'prepare_run_dir', 'checkpoint_step', 'last_checkpoint', 'MetricsFile', 'MetricsLogger']
+__all__ = ['log', 'PACKAGES', 'STATUSES', 'JOB_ENV', 'IDENTITY', 'check_run_name', 'RunExistsError', 'create_run_dir',
+           'package_versions', 'git_info', 'hardware_info', 'write_run_info', 'peak_memory', 'mark_status', 'run_job',
+           'is_main_process', 'config_changes', 'resume_conflicts', 'finished_run', 'prepare_run_dir',
+           'checkpoint_step', 'last_checkpoint', 'MetricsFile', 'MetricsLogger']
 
 # %% ../nbs/11_runs.ipynb #e06cb739
 _NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -227,13 +228,51 @@ def _flat(d, prefix=""):
         else: out[f"{prefix}{k}"] = v
     return out
 
-def _config_changes(path: Path, cfg: Config) -> list[str]:
-    "Dotted keys whose value in `cfg` differs from the config saved at `path` (resume/overwrite flags ignored)."
+def _changes(path: Path, cfg: Config) -> dict[str, tuple]:
+    "Dotted key -> (saved, now) for each value of `cfg` that differs from the config saved at `path` (resume/overwrite flags ignored)."
     try: old = yaml_load(path.read_text(encoding="utf-8"), str(path))
-    except (OSError, ConfigError): return []
+    except (OSError, ConfigError): return {}
     a, b = _flat(old if isinstance(old, dict) else {}), _flat(config_to_dict(cfg))
     skip = {"run.resume", "run.overwrite"}
-    return sorted(k for k in set(a) | set(b) if k not in skip and a.get(k) != b.get(k))
+    empty = lambda v: v is None or v == {}   # a mapping emptied and a mapping absent are the same config
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b))
+            if k not in skip and a.get(k) != b.get(k) and not (empty(a.get(k)) and empty(b.get(k)))}
+
+def _config_changes(path: Path, cfg: Config) -> list[str]:
+    "Dotted keys whose value in `cfg` differs from the config saved at `path` (resume/overwrite flags ignored)."
+    return list(_changes(path, cfg))
+
+def config_changes(run_dir, cfg: Config) -> dict[str, tuple]:
+    "Dotted key -> (saved, now) where `cfg` differs from the `config.yaml` of `run_dir` (resume/overwrite flags aside)."
+    return _changes(Path(run_dir) / "config.yaml", cfg)
+
+IDENTITY = ("executor", "model", "data", "backtrack", "lora")
+"The config sections that make a run what it is: a run is resumed only by a config that agrees on all of them."
+
+def resume_conflicts(run_dir, cfg: Config) -> dict[str, tuple]:
+    "Key -> (saved, now) of the identity keys (`IDENTITY`) where `cfg` differs from the config that made the run in `run_dir`."
+    ch = _changes(Path(run_dir) / "config.yaml", cfg)
+    return {k: v for sec in IDENTITY for k, v in ch.items() if k.split(".")[0] == sec}
+
+def _conflict_error(d: Path, conflicts: dict) -> RunExistsError:
+    what = "; ".join(f"{k}: {a!r} in the run, {b!r} now" for k, (a, b) in list(conflicts.items())[:6])
+    return RunExistsError(f"run {d} was made by another config ({what}): a run is resumed only by the config that made it. "
+                          "Give another run.name, or run.overwrite=true to start afresh (the old folder is moved aside)")
+
+def finished_run(cfg: Config) -> dict | None:
+    """With `run.resume`: the `result.json` of the run `cfg` names when that run has finished (its `status.json` says so
+    and `model/` is there) and `cfg` asks for no longer schedule (a larger `trainer.max_steps` or another
+    `num_train_epochs` trains on): nothing is left to resume. None otherwise. A finished run made by another config is refused."""
+    if not cfg.run.resume or not cfg.run.name: return None
+    d = Path(cfg.run.root) / cfg.run.name
+    try: st, res = read_json(d / "status.json"), read_json(d / "result.json")
+    except (CorruptFileError, OSError): return None
+    if not (isinstance(st, dict) and st.get("status") == "finished" and isinstance(res, dict) and (d / "model").is_dir()): return None
+    if (c := resume_conflicts(d, cfg)): raise _conflict_error(d, c)
+    ms, step = cfg.trainer.get("max_steps"), res.get("global_step")
+    if isinstance(ms, int) and isinstance(step, int) and ms > step: return None          # a longer schedule: train on
+    if "trainer.num_train_epochs" in _changes(d / "config.yaml", cfg): return None
+    return res
 
 # %% ../nbs/11_runs.ipynb #c9bec4b0
 def prepare_run_dir(cfg: Config, default_name: str) -> Path:
@@ -242,6 +281,8 @@ def prepare_run_dir(cfg: Config, default_name: str) -> Path:
     if not is_main_process(): return Path(cfg.run.root) / name
     d = create_run_dir(cfg.run.root, name, resume=cfg.run.resume, overwrite=cfg.run.overwrite)
     if cfg.run.resume and (d / "config.yaml").exists():
+        if (c := resume_conflicts(d, cfg)) and last_checkpoint(d):   # no checkpoint: nothing of the old run to continue
+            raise _conflict_error(d, c)
         changed = _config_changes(d / "config.yaml", cfg)
         if changed: log.warning("resuming %s with a changed config: %s", d, ", ".join(changed[:12]) + (" …" if len(changed) > 12 else ""))
     save_config(cfg, d / "config.yaml")

@@ -397,5 +397,11 @@ def test_self_correction_loop_rounds_and_resume(tmp_path):
     m = (root / "round-2" / "result.json").stat().st_mtime_ns
     again = SelfCorrectionLoop(cfg, rounds=2, k=2, sample_kw=dict(max_new_tokens=12, progress=False)).run()   # finished: nothing reruns
     assert again["rounds"] == out["rounds"] and (root / "round-2" / "result.json").stat().st_mtime_ns == m
+    from halluc.config import apply_overrides, config_from_dict, config_to_dict
+    from halluc.runs import RunExistsError
+    other = config_from_dict(apply_overrides(config_to_dict(cfg), ["trainer.learning_rate=1e-2"]))
+    with pytest.raises(RunExistsError, match="trainer.learning_rate: 0.003 there, 0.01 now"):   # another lr: not the old rounds
+        SelfCorrectionLoop(other, rounds=2, k=2, sample_kw=dict(max_new_tokens=12, progress=False)).run()
+    assert (root / "round-2" / "result.json").stat().st_mtime_ns == m
     with pytest.raises(ValueError, match="round 0"):
         SelfCorrectionLoop(load_config(None, ["data.converter=onpolicy"]), rounds=1)

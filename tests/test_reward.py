@@ -41,8 +41,8 @@ def score(ids_list, funcs=FUNCS, prompt=Q, final=FINAL, **kw):
 # --- numbers and answers -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("s,want", [("$1,200.50", "1200.5"), ("-3.00.", "-3"), ("-0.0", "0"), ("007", "7"), (".5", "0.5"),
-                                    ("+4", "4"), ("\u22125", "-5"), (18, "18"), (2.5, "2.5"), ("1e3", None), ("3/4", None),
-                                    ("", None), (None, None), (True, None), (float("inf"), None), ("٣", None), ("1" * 500, None)])
+                                    ("+4", "4"), ("\u22125", "-5"), (18, "18"), (2.5, "2.5"), ("1e3", "1000"), ("3/4", "0.75"), ("1/3", None), ("0x1F", None),
+                                    ("", None), (None, None), (True, None), (float("inf"), None), ("٣", "3"), ("1" * 500, None)])
 def test_normalize_number(s, want):
     assert normalize_number(s) == want
 
