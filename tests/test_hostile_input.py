@@ -119,12 +119,15 @@ def _exact(v: Fraction) -> str:
         c.prec = 60
         return normalize_number(format(Decimal(v.numerator) / Decimal(v.denominator), "f"))
 
-@pytest.mark.parametrize("gold", ["#### ٣", "#### ３٤", "x\n#### ٧٫"])
-def test_gold_answers_in_other_scripts_normalise_like_predictions(tmp_path, gold):
+@pytest.mark.parametrize("gold, final", [("#### ٣", "3"), ("#### ３٤", "34"), ("x\n#### −٧", "-7")])
+def test_gold_answers_in_other_scripts_normalise_like_predictions(tmp_path, gold, final):
+    "A gold answer in Arabic-Indic or fullwidth digits loads as its number, the same one a prediction in those digits gives."
     f = tmp_path / "d.jsonl"; f.write_text(json.dumps(dict(question="How many?", answer=gold)) + "\n", encoding="utf-8")
-    try: recs = load_records(str(f))
-    except BadRecord as e: assert f"{f}:1" in str(e); return        # a gold it cannot read: named, never a silent None
-    assert recs[0]["final"] is not None and recs[0]["final"] == extract_answer(gold.replace("####", "The answer is:"))
+    assert load_records(str(f))[0]["final"] == final == extract_answer(gold.replace("####", "The answer is:"))
+
+def test_a_gold_answer_no_normaliser_reads_is_named(tmp_path):
+    f = tmp_path / "d.jsonl"; f.write_text(json.dumps(dict(question="How many?", answer="#### ٧٫٥٫")) + "\n", encoding="utf-8")
+    with pytest.raises(BadRecord, match=rf"{f.name}:1: field 'answer' final line"): load_records(str(f))
 
 # --- item 17: command-line values ---------------------------------------------------------------------------------
 

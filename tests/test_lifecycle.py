@@ -9,7 +9,7 @@ from halluc.runs import RunExistsError, mark_status
 REPO = Path(__file__).resolve().parents[1]
 SFT_YAML = str(REPO / "configs" / "toy_sft_backtrack.yaml")
 TINY = ["trainer.max_steps=6", "trainer.save_steps=3", "trainer.logging_steps=1", "trainer.per_device_train_batch_size=4",
-        "data.toy_n_train=24", "data.toy_n_test=2", "eval.limit=2", "eval.max_new_tokens=8", "eval.batch_size=2",
+        "data.toy_n_train=32", "data.toy_n_test=2", "eval.limit=2", "eval.max_new_tokens=8", "eval.batch_size=2",
         "trainer.gradient_checkpointing=false"]
 
 def snapshot(d: Path) -> dict:
