@@ -267,8 +267,10 @@ def _run_units(units: list[dict], ctx: dict) -> dict:
             u = ready()[0]; pending.remove(u); done[key(u)] = _run_unit(u, ctx)
         return done
     import concurrent.futures as cf, multiprocessing as mp
-    env = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
-    os.environ.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")       # the workers inherit one thread each
+    env = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TQDM_MININTERVAL")}
+    # the workers inherit one thread each, and progress bars that redraw every 5 s: under papermill every redraw of two
+    # workers' bars is relayed and logged by a third process, which cost ~80 s of the 2 cores in a 10-minute run
+    os.environ.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TQDM_MININTERVAL="5")
     try:
         with cf.ProcessPoolExecutor(ctx["workers"], mp_context=mp.get_context("spawn")) as pool:
             running = {}
