@@ -165,15 +165,15 @@ def special_strings(tokenizer) -> list[str]:
         if getattr(t, "special", False): out.add(t.content)
     return sorted((x for x in out if x), key=len, reverse=True)
 
-def control_tokens_in(text: str, tokenizer) -> list[str]:
-    "The control-token strings of `tokenizer` that occur in `text` (user text must hold none)."
-    return [t for t in special_strings(tokenizer) if t in text]
+def control_tokens_in(text: str, tokenizer, specials: list[str] | None = None) -> list[str]:
+    "The control-token strings of `tokenizer` (or the `special_strings` given) that occur in `text` (user text must hold none)."
+    return [t for t in (special_strings(tokenizer) if specials is None else specials) if t in text]
 
 def check_user_text(records: list[dict], tokenizer, on_bad_record: str = "error", where: str = "data") -> list[dict]:
     "`records` whose questions hold no control token of `tokenizer`; one that does raises `BadRecord` or, with `skip`, is dropped with a warning."
     specials, out, dropped = special_strings(tokenizer), [], []
     for r in records:
-        bad = [t for t in specials if t in r["question"]]
+        bad = control_tokens_in(r["question"], tokenizer, specials)
         if not bad: out.append(r); continue
         msg = f"{where}: record {r.get('id')}: the question contains the control token {bad[0]!r} (it would be encoded as a special token)"
         if on_bad_record == "error": raise BadRecord(msg + "; remove it, or set data.on_bad_record=skip")
@@ -202,7 +202,8 @@ def _jinja_literal(k: str, v) -> str:
 
 def pinned_template_variables(tokenizer) -> dict:
     "The variables `pin_chat_template` fixed in `tokenizer`'s chat template ({} if none)."
-    m = _PIN.match(getattr(tokenizer, "chat_template", None) or "") if isinstance(getattr(tokenizer, "chat_template", None), str) else None
+    t = getattr(tokenizer, "chat_template", None)
+    m = _PIN.match(t) if isinstance(t, str) else None
     return {k: json.loads(v) for k, v in _PIN_SET.findall(m.group(1))} if m else {}
 
 def pin_chat_template(tokenizer, variables: dict) -> dict | None:

@@ -386,7 +386,7 @@ class BaseExecutor:
     kind = "base"
     def __init__(self, cfg: Config, callbacks=None):
         self.cfg, self.extra_callbacks = cfg, list(callbacks or [])
-        self.run_dir = self.tokenizer = self.model = self.bt_id = self.trainer = self.weights_dtype = None
+        self.run_dir = self.tokenizer = self.model = self.bt_id = self.trainer = self.weights_dtype = self.template_variables = None
         self.parent = None  # the halluc.json (+ path) of the model folder this run starts from, if it is one
 
     # --- model and tokenizer ---
@@ -439,7 +439,7 @@ class BaseExecutor:
     def save_info(self) -> dict:
         "What `halluc.json` records about this run beside the BT token: run, executor, the parent model folder, the pinned template variables."
         info = _save_info(self.run_dir.name, self.kind, self.parent)
-        if getattr(self, "template_variables", None): info["chat_template_variables"] = self.template_variables
+        if self.template_variables: info["chat_template_variables"] = self.template_variables
         return info
 
     # --- the run ---

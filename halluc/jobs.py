@@ -257,6 +257,17 @@ def _run_unit(u: dict, ctx: dict) -> dict:
     entry, rows = _eval_arm(u, res, _task_records(u["task"], ctx["eval_limit"]), ctx["num_samples"], ctx["temperature"], ctx["smoke"])
     return dict(entry=entry, rows=rows)
 
+@contextlib.contextmanager
+def _env(**values: str):
+    "Set environment variables for the duration (processes started meanwhile, such as a papermill kernel or pool workers, inherit them)."
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try: yield
+    finally:
+        for k, v in old.items():
+            if v is None: os.environ.pop(k, None)
+            else: os.environ[k] = v
+
 def _run_units(units: list[dict], ctx: dict) -> dict:
     "Run `units` (respecting their start models) in `ctx['workers']` processes; `{(task, seed, arm): result}`."
     done, pending = {}, list(units)
@@ -267,11 +278,9 @@ def _run_units(units: list[dict], ctx: dict) -> dict:
             u = ready()[0]; pending.remove(u); done[key(u)] = _run_unit(u, ctx)
         return done
     import concurrent.futures as cf, multiprocessing as mp
-    env = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TQDM_MININTERVAL")}
     # the workers inherit one thread each, and progress bars that redraw every 5 s: under papermill every redraw of two
     # workers' bars is relayed and logged by a third process, which cost ~80 s of the 2 cores in a 10-minute run
-    os.environ.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TQDM_MININTERVAL="5")
-    try:
+    with _env(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TQDM_MININTERVAL="5"):
         with cf.ProcessPoolExecutor(ctx["workers"], mp_context=mp.get_context("spawn")) as pool:
             running = {}
             while pending or running:
@@ -285,10 +294,6 @@ def _run_units(units: list[dict], ctx: dict) -> dict:
                     except BaseException:
                         for g in running: g.cancel()
                         raise
-    finally:
-        for k, v in env.items():
-            if v is None: os.environ.pop(k, None)
-            else: os.environ[k] = v
     return done
 
 # %% ../nbs/15_jobs.ipynb #70ba8cfd
@@ -446,15 +451,6 @@ def experiment(root: str = "runs", name: str = "toy-experiment", seeds=(0, 1, 2)
     return _report(out, summary, smoke)
 
 # %% ../nbs/15_jobs.ipynb #455862a4
-@contextlib.contextmanager
-def _env(key: str, value: str):
-    "Set environment variable `key` for the duration (the kernel papermill starts inherits it)."
-    old = os.environ.get(key); os.environ[key] = value
-    try: yield
-    finally:
-        if old is None: os.environ.pop(key, None)
-        else: os.environ[key] = old
-
 def _place(tmp: Path, dest: Path) -> Path:
     "Move the executed notebook `tmp` to `dest`; an earlier notebook there is kept as `<stem>.previous-<time>.ipynb`, not overwritten."
     if dest.exists(): move(dest, dest.with_name(f"{dest.stem}.previous-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}{dest.suffix}"))
@@ -480,7 +476,7 @@ def run_notebook(notebook: str, config: str | None = None, overrides=(), run_nam
     # executed into a hidden partial file beside the run folder (the job creates the folder itself), moved in at the end
     tmp = Path(root) / (f".{run_name}.partial.{nb.name}" if main else f".{run_name}.partial.rank{rank}.{nb.name}")
     try:
-        with _env(JOB_ENV, job):
+        with _env(**{JOB_ENV: job}):
             pm.execute_notebook(str(nb), str(tmp), parameters=params, cwd=str(Path.cwd()), kernel_name=kernel,
                                 progress_bar=log_output, log_output=log_output)
     except BaseException as e:

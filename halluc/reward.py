@@ -127,12 +127,11 @@ def kept_mask(n: int, edits: list[Edit]) -> list[bool]:
     return keep
 
 # %% ../nbs/10_reward.ipynb #93ac459f
-def _typed_after(ids, keep: list[bool], edits: list[Edit], i: int, alive: list[int] | None = None) -> list[int]:
+def _typed_after(ids, keep: list[bool], edits: list[Edit], i: int, alive: list[int]) -> list[int]:
     """What is typed after edit `i`: up to the next BT, or, when that survives, the surviving text from there on
     (`alive`: the surviving positions in order, found once per completion, so a completion costs linear time)."""
     e = edits[i]
     if e.end < len(ids) and not keep[e.end]: return list(ids[e.end:edits[i + 1].start])  # deleted again by a later edit
-    if alive is None: alive = [p for p, k in enumerate(keep) if k]
     j = bisect_left(alive, e.end)
     return [ids[p] for p in alive[j:j + len(e.deleted)]]
 

@@ -238,10 +238,6 @@ def _changes(path: Path, cfg: Config) -> dict[str, tuple]:
     return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b))
             if k not in skip and a.get(k) != b.get(k) and not (empty(a.get(k)) and empty(b.get(k)))}
 
-def _config_changes(path: Path, cfg: Config) -> list[str]:
-    "Dotted keys whose value in `cfg` differs from the config saved at `path` (resume/overwrite flags ignored)."
-    return list(_changes(path, cfg))
-
 def config_changes(run_dir, cfg: Config) -> dict[str, tuple]:
     "Dotted key -> (saved, now) where `cfg` differs from the `config.yaml` of `run_dir` (resume/overwrite flags aside)."
     return _changes(Path(run_dir) / "config.yaml", cfg)
@@ -249,10 +245,13 @@ def config_changes(run_dir, cfg: Config) -> dict[str, tuple]:
 IDENTITY = ("executor", "model", "data", "backtrack", "lora")
 "The config sections that make a run what it is: a run is resumed only by a config that agrees on all of them."
 
+def _identity(changes: dict) -> dict:
+    "The entries of `config_changes` that touch the run's identity (`IDENTITY`), in that order."
+    return {k: v for sec in IDENTITY for k, v in changes.items() if k.split(".")[0] == sec}
+
 def resume_conflicts(run_dir, cfg: Config) -> dict[str, tuple]:
     "Key -> (saved, now) of the identity keys (`IDENTITY`) where `cfg` differs from the config that made the run in `run_dir`."
-    ch = _changes(Path(run_dir) / "config.yaml", cfg)
-    return {k: v for sec in IDENTITY for k, v in ch.items() if k.split(".")[0] == sec}
+    return _identity(config_changes(run_dir, cfg))
 
 def _conflict_error(d: Path, conflicts: dict) -> RunExistsError:
     what = "; ".join(f"{k}: {a!r} in the run, {b!r} now" for k, (a, b) in list(conflicts.items())[:6])
@@ -268,10 +267,11 @@ def finished_run(cfg: Config) -> dict | None:
     try: st, res = read_json(d / "status.json"), read_json(d / "result.json")
     except (CorruptFileError, OSError): return None
     if not (isinstance(st, dict) and st.get("status") == "finished" and isinstance(res, dict) and (d / "model").is_dir()): return None
-    if (c := resume_conflicts(d, cfg)): raise _conflict_error(d, c)
+    ch = config_changes(d, cfg)
+    if (c := _identity(ch)): raise _conflict_error(d, c)
     ms, step = cfg.trainer.get("max_steps"), res.get("global_step")
     if isinstance(ms, int) and isinstance(step, int) and ms > step: return None          # a longer schedule: train on
-    if "trainer.num_train_epochs" in _changes(d / "config.yaml", cfg): return None
+    if "trainer.num_train_epochs" in ch: return None
     return res
 
 # %% ../nbs/11_runs.ipynb #c9bec4b0
@@ -281,10 +281,10 @@ def prepare_run_dir(cfg: Config, default_name: str) -> Path:
     if not is_main_process(): return Path(cfg.run.root) / name
     d = create_run_dir(cfg.run.root, name, resume=cfg.run.resume, overwrite=cfg.run.overwrite)
     if cfg.run.resume and (d / "config.yaml").exists():
-        if (c := resume_conflicts(d, cfg)) and last_checkpoint(d):   # no checkpoint: nothing of the old run to continue
+        changed = config_changes(d, cfg)
+        if (c := _identity(changed)) and last_checkpoint(d):   # no checkpoint: nothing of the old run to continue
             raise _conflict_error(d, c)
-        changed = _config_changes(d / "config.yaml", cfg)
-        if changed: log.warning("resuming %s with a changed config: %s", d, ", ".join(changed[:12]) + (" …" if len(changed) > 12 else ""))
+        if changed: log.warning("resuming %s with a changed config: %s", d, ", ".join(list(changed)[:12]) + (" …" if len(changed) > 12 else ""))
     save_config(cfg, d / "config.yaml")
     write_run_info(d, cfg)
     mark_status(d, "running")
