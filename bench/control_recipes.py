@@ -27,6 +27,21 @@ kept = a wrong attempt kept: miss (sum != target) / unlisted (target reached wit
   sys6    systematic search (every pair in order), 600 from scratch 0.15  0.115  0.87   0.14     0.105 0.81 / 0.035
   sysc    opt + 400 systematic                                      0.10   0.115  0.85   0.08     0.095 0.86 / 0.01
   sys15   systematic, 1500 from scratch                             0.28   0.115  0.86   0.265    0.10  0.715 / 0.005
+  --- 2026-12-02: at the main job's budget (400 clean from scratch, then 400 more), seeds 0 / 1 ---
+  opt4    clean, 400 from scratch (= control_pretrain)               0.36/0.425 (false claims 0.64/0.48)
+  optc4   opt4 + 400 clean                                          0.65/0.765 0.65/0.765 -   -        -     0.00/0.00 / 0.02/0.14
+  btc4    opt4 + 400 search masked (the traces before miss)         -/0.475  -/0.485 -/0.75 -/0.02   -/0.03 -/0.335 / -/0.18
+  btm4    btc4 + miss + correct_start (shipped recipe)              0.49/0.375 0.47/0.355 0.98/1.00 0.08/0.02 0.06/0.00 0.075/0.095 / 0.05/0.095
+          (btm4: false claims kept 0.38/0.43, honest sums 0.61/0.46: the check works on what is written, the first attempt claims the target)
+  Pilots of other designs (an in-process script that swapped the converter, not committed; seed 0, validation):
+  complement search (each attempt a listed a and t-a, deleted when t-a is not listed), unmasked, 600 / 1200 from scratch:
+          0.61 / 0.66, kept unlisted 0.365 / 0.34 -- a 2-digit complement is deleted, a 1-digit unlisted one never:
+          the membership check is not learned (toy:llama-small, 600 steps: 0.59, kept unlisted 0.315)
+  the same cut after t-a (decision at the number itself), opt4 + 400: 0.545 (share with BT 0.01)
+  lettered numbers (A=6 B=3 ...; attempts name letters, copy values), 600 from scratch: clean 0.71, search 0.225 (letters not followed)
+  5 numbers up to 9, opt 600 + 600 / + 1800 clean: 0.82 / 0.935; + 600 / + 1800 search masked: 0.56 / 0.865
+          (+1800: precision 1.00, kept miss 0.00, kept unlisted 0.135, BT on 0.01 of problems: every error left is a pair
+          that reaches the target with a number that is not listed)
 Reading: the sum check is learned (precision 1.0, no harm) once the traces get ~1200 steps, but the model's own
 residual errors are then pairs that reach the target with a number that is not listed, which a sum check cannot see;
 training the membership check (offc*) or a systematic search (sys*) did not converge at these budgets. No recipe beat
@@ -43,22 +58,28 @@ from halluc.measure import attempt_diagnostics
 from halluc.patcher import load_backtrack_model
 
 CONT = ["trainer.learning_rate=1e-3", "trainer.lr_scheduler_type=constant", "trainer.warmup_steps=0"]
+PLAIN = ["data.converter_params.miss=false", "data.converter_params.correct_start=false"]   # the traces before miss/correct_start
 RECIPES = {   # name -> (config, start recipe or None, steps, overrides)
     "opt": ("configs/toy_target_optimal.yaml", None, 600, []),
     "optc": ("configs/toy_target_optimal.yaml", "opt", 300, CONT),
-    "btu1": ("configs/toy_target_backtrack.yaml", None, 600, ["data.mask_errors=false"]),
-    "btm1": ("configs/toy_target_backtrack.yaml", None, 600, []),
-    "btc": ("configs/toy_target_backtrack.yaml", "opt", 300, CONT + ["data.converter_params.ratio=0.8"]),
-    "btc5": ("configs/toy_target_backtrack.yaml", "opt", 600, CONT),
-    "negc": ("configs/toy_target_backtrack.yaml", "opt", 600, CONT + ["data.converter_params.honest=false"]),
+    "btu1": ("configs/toy_target_backtrack.yaml", None, 600, PLAIN + ["data.mask_errors=false"]),
+    "btm1": ("configs/toy_target_backtrack.yaml", None, 600, PLAIN),
+    "btc": ("configs/toy_target_backtrack.yaml", "opt", 300, PLAIN + CONT + ["data.converter_params.ratio=0.8"]),
+    "btc5": ("configs/toy_target_backtrack.yaml", "opt", 600, PLAIN + CONT),
+    "negc": ("configs/toy_target_backtrack.yaml", "opt", 600, PLAIN + CONT + ["data.converter_params.honest=false"]),
     "optc12": ("configs/toy_target_optimal.yaml", "opt", 1200, CONT),
-    "btc12": ("configs/toy_target_backtrack.yaml", "opt", 1200, CONT),
-    "offc": ("configs/toy_target_backtrack.yaml", "opt", 600, CONT + ["data.converter_params.unlisted=true"]),
-    "offc12": ("configs/toy_target_backtrack.yaml", "opt", 1200, CONT + ["data.converter_params.unlisted=true"]),
-    "offc12r8": ("configs/toy_target_backtrack.yaml", "opt", 1200, CONT + ["data.converter_params.unlisted=true", "data.converter_params.ratio=0.8"]),
-    "sys6": ("configs/toy_target_backtrack.yaml", None, 600, ["data.converter_params.systematic=true", "data.converter_params.ratio=1.0",
+    "btc12": ("configs/toy_target_backtrack.yaml", "opt", 1200, PLAIN + CONT),
+    "offc": ("configs/toy_target_backtrack.yaml", "opt", 600, PLAIN + CONT + ["data.converter_params.unlisted=true"]),
+    "offc12": ("configs/toy_target_backtrack.yaml", "opt", 1200, PLAIN + CONT + ["data.converter_params.unlisted=true"]),
+    "offc12r8": ("configs/toy_target_backtrack.yaml", "opt", 1200, PLAIN + CONT + ["data.converter_params.unlisted=true", "data.converter_params.ratio=0.8"]),
+    "sys6": ("configs/toy_target_backtrack.yaml", None, 600, PLAIN + ["data.converter_params.systematic=true", "data.converter_params.ratio=1.0",
                                                                 "data.mask_errors=false", "eval.max_new_tokens=160"]),
-    "bts15": ("configs/toy_target_backtrack.yaml", None, 1500, []),
+    "bts15": ("configs/toy_target_backtrack.yaml", None, 1500, PLAIN),
+    # at the main job's budget: 400 clean steps, then 400 more (the experiment's control_pretrain -> arms)
+    "opt4": ("configs/toy_target_optimal.yaml", None, 400, []),
+    "optc4": ("configs/toy_target_optimal.yaml", "opt4", 400, CONT),
+    "btc4": ("configs/toy_target_backtrack.yaml", "opt4", 400, PLAIN + CONT),
+    "btm4": ("configs/toy_target_backtrack.yaml", "opt4", 400, CONT),
 }
 
 def run(name, root, seed=0):

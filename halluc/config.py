@@ -190,7 +190,8 @@ TOY_SPLITS = ("train", "validation", "test")  # the toy tasks' splits, by questi
 "`data.source` names of the embedded tasks: arithmetic, and the control task (reach a target)."
 "Converter names `halluc.data` registers; `data.converter` must be one of them."
 CONVERTER_PARAMS = {"ratio": (float, 0, 1), "num_errors": (int, 1, None), "error_len": (int, 1, None), "honest": (bool, None, None),
-                    "systematic": (bool, None, None), "unlisted": (bool, None, None)}
+                    "systematic": (bool, None, None), "unlisted": (bool, None, None),
+                    "miss": (bool, None, None), "correct_start": (bool, None, None)}
 "`data.converter_params` keys `halluc.data.ConvertParams` takes: name -> (type, min, max)."
 REWARD_COMPONENTS = ("outcome", "format", "process", "efficiency")
 SCHEDULES = ("linear", "cosine", "step", "constant")

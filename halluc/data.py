@@ -265,6 +265,8 @@ class ConvertParams:
     honest: bool = True      # search converter: a failed attempt states its true sum (False: it claims the target)
     systematic: bool = False # search converter: try the listed pairs in order until the solution (else sampled proposals)
     unlisted: bool = False   # search converter: proposals may also reach the target with a number that is not listed
+    miss: bool = False       # search converter: a failed attempt ends by saying how it misses the target (`= 7 < 8`)
+    correct_start: bool = False  # masked errors: where one starts, train the token the optimal path has there
     extra: dict = field(default_factory=dict)
 
 # %% ../nbs/06_data.ipynb #579b01ca
@@ -419,8 +421,11 @@ def convert_search(enc: Encoded, tokenizer, rng: random.Random, params: ConvertP
         tries = [(a, b) for i, a in enumerate(nums) for b in nums[i + 1:]]
         tries = tries[:next(k for k, (a, b) in enumerate(tries) if a + b == target)]
     else: tries = search_proposals(nums, target, rng, rng.randint(1, max(1, params.num_errors)), params.unlisted)
+    if params.miss and not params.honest:
+        raise ValueError("data.converter_params.miss: only an honest attempt (honest=true) can say how it misses the target")
+    miss = lambda s: f" {'<' if s < target else '>'} {target}" if params.miss else ""
     for a, b in tries:
-        pair, result = enc_(f"{a} + {b}"), enc_(f" = {a + b if params.honest else target}\n")
+        pair, result = enc_(f"{a} + {b}"), enc_(f" = {a + b}{miss(a + b)}\n" if params.honest else f" = {target}\n")
         if params.honest: segs += [(pair, "error"), (result, "ok")]       # the proposal may be masked; its true sum trains
         else: segs += [(pair + result, "error")]                          # a false claim: one wrong span
         segs.append(([params.bt_id] * (len(pair) + len(result)), "bt"))
@@ -449,11 +454,15 @@ def make_example(enc: Encoded, tokenizer, converter: str | Callable, rng: random
         raise BadRecord(f"record {enc.record['id']}: its text contains the BT token itself (id {params.bt_id}); "
                         "the clean target would already hold backtracks")
     segs = fn(enc, tokenizer, rng, params)
-    comp, labels, trained = [], [], []
+    comp, labels, clean = [], [], list(enc.completion_ids)
     for ids, kind in segs:
-        comp += ids
         masked = kind == "error" and params.mask_errors
-        labels += [-100] * len(ids) if masked else list(ids)
+        lab = [-100] * len(ids) if masked else list(ids)
+        if masked and params.correct_start and ids:   # where the error starts, the optimal path's token (if the text so far is its prefix)
+            seen = apply_backtracking(comp, params.bt_id)
+            if len(seen) < len(clean) and seen == clean[:len(seen)]: lab[0] = clean[len(seen)]
+        comp += ids
+        labels += lab
     n_bt = sum(len(ids) for ids, k in segs if k == "bt")
     input_ids = enc.prompt_ids + comp
     if max_length is not None and len(input_ids) > max_length:

@@ -155,7 +155,7 @@ PLAN = {
                    ("optimal_path", "sft", _OPT, "control_pretrain", "control", _CONT),
                    ("backtrack", "sft", _SEARCH, "control_pretrain", "control", _CONT),
                    ("backtrack_unmasked", "sft", _SEARCH, "control_pretrain", "control", _CONT + ["data.mask_errors=false"]),
-                   ("negative_control", "sft", _SEARCH, "control_pretrain", "control", _CONT + ["data.converter_params.honest=false"])],
+                   ("negative_control", "sft", _SEARCH, "control_pretrain", "control", _CONT + ["data.converter_params.honest=false", "data.converter_params.miss=false"])],
     ARITHMETIC_TASK: [("pretrain", "sft", _CLEAN, None, "pretrain", []),
                       ("clean_sft", "sft", _CLEAN, "pretrain", "sft", _CONT),
                       ("backtrack_sft", "sft", _NUMERIC, "pretrain", "sft", _CONT),
@@ -337,6 +337,14 @@ def _best_of_n(entries: dict, rows: dict, seeds: list, base: str = "optimal_path
 # %% ../nbs/15_jobs.ipynb #3d2e9f10
 CONTROL_GOAL = dict(min_gain=0.10, min_precision=0.9, max_harm=0.02)
 
+def _kept_parts(m: dict) -> str:
+    "What the kept wrong attempts were: a sum that misses (the check failed) or a claim the written line cannot show wrong (the proposal failed)."
+    parts = [(k, m.get(k)) for k in ("kept_miss", "kept_false_claim", "kept_unlisted")]
+    if any(v is None for _, v in parts): return ""
+    miss, claim, unlisted = (v for _, v in parts)
+    return (f" (checking: a true sum that misses the target {miss:.3f}; proposing: a false claim {claim:.3f},"
+            f" a number that is not listed {unlisted:.3f})")
+
 def _verdict(summary: dict) -> str:
     "A few plain sentences on what the experiment found: the control task against its goal, then arithmetic."
     out, tasks = [], summary["tasks"]
@@ -353,7 +361,7 @@ def _verdict(summary: dict) -> str:
         o = ct["arms"]["optimal_path"]["mean"]
         if not all(met.values()) and m.get("first_attempt_right") is not None:
             s += (f" Proposing: first attempt right {m['first_attempt_right']:.3f} vs {o.get('first_attempt_right', float('nan')):.3f} for optimal-path;"
-                  f" checking: a wrong attempt kept on {m['kept_wrong']:.3f} of problems, a right one deleted on {m['deleted_right']:.3f}.")
+                  f" a wrong attempt kept on {m['kept_wrong']:.3f} of problems" + _kept_parts(m) + f", a right one deleted on {m['deleted_right']:.3f}.")
         if "backtrack_vs_best_of_n" in ct["comparisons"]:
             s += f" Against best-of-n at matched tokens: {fmt(ct['comparisons']['backtrack_vs_best_of_n'])}."
         if "negative_control_vs_optimal_path" in ct["comparisons"]:

@@ -1,5 +1,6 @@
 """The control task (reach a target): the records, the verifier, and the search-trace converter."""
 import random
+import re
 import pytest
 from hypothesis import given, settings, strategies as st
 from halluc.core import apply_backtracking
@@ -68,6 +69,32 @@ def test_search_traces_backtrack_to_the_optimal_path(tok_bt, mask):
             (a, b), s = (int(x) for x in line.split(" = ")[0].split(" + ")), int(line.split(" = ")[1])
             assert a + b == s != r["target"] and a in r["numbers"] and b in r["numbers"] and a != b
             assert r["numbers"].index(a) < r["numbers"].index(b)       # in the list's order, as the solution writes its pair
+
+
+def test_the_shipped_traces_say_how_they_miss_and_train_each_start_towards_the_solution(tok_bt):
+    """miss + correct_start (the make-run recipe): the invariant holds, every attempt states truly how its sum misses the
+    target, and of each masked proposal only its first position trains, towards the solution's first token."""
+    tok, bt = tok_bt
+    recs = target_records(1000, seed=1)
+    ds = build_sft_dataset(recs, tok, bt, "search", {"num_errors": 3, "ratio": 1.0, "miss": True, "correct_start": True},
+                           mask_errors=True, max_length=None)
+    clean = {e.record["id"]: e for e in encode_records(recs, tok)}
+    n_att = 0
+    for ex in ds:
+        e, r = clean[ex["id"]], clean[ex["id"]].record
+        comp, labels = ex["input_ids"][ex["prompt_len"]:], ex["labels"][ex["prompt_len"]:]
+        assert apply_backtracking(comp, bt) == e.completion_ids
+        segs = convert_search(e, tok, example_rng(0, r["id"]), ConvertParams(bt_id=bt, num_errors=3, miss=True))
+        assert [t for ids, _ in segs for t in ids] == comp          # the dataset holds exactly this trace
+        pos = 0
+        for (p, kp), (res, kr) in zip(segs[0:-1:3], segs[1:-1:3]):  # (proposal, its sum and miss), then the BTs
+            assert (kp, kr) == ("error", "ok")
+            assert labels[pos] == e.completion_ids[0] and all(l == -100 for l in labels[pos + 1:pos + len(p)])
+            assert labels[pos + len(p):pos + len(p) + len(res)] == res
+            a, b, s_, rel, t = re.fullmatch(r"(\d+) \+ (\d+) = (\d+) ([<>]) (\d+)\n", tok.decode(p + res)).groups()
+            assert int(a) + int(b) == int(s_) != int(t) == r["target"] and (int(s_) < int(t)) == (rel == "<")
+            pos += 2 * (len(p) + len(res)); n_att += 1
+    assert n_att >= 1000
 
 
 def test_negative_control_traces_claim_the_target(tok_bt):
