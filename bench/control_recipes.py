@@ -33,6 +33,10 @@ kept = a wrong attempt kept: miss (sum != target) / unlisted (target reached wit
   btc4    opt4 + 400 search masked (the traces before miss)         -/0.475  -/0.485 -/0.75 -/0.02   -/0.03 -/0.335 / -/0.18
   btm4    btc4 + miss + correct_start (shipped recipe)              0.49/0.375 0.47/0.355 0.98/1.00 0.08/0.02 0.06/0.00 0.075/0.095 / 0.05/0.095
           (btm4: false claims kept 0.38/0.43, honest sums 0.61/0.46: the check works on what is written, the first attempt claims the target)
+  optc4h  optc4 continued at 3e-3 cosine (seed 0)                  0.675  0.675
+  btm4h   btm4 continued at 3e-3 cosine (seed 0)                    0.51   0.515  1.00   0.025    0.03  0.17 / 0.055 (false claims 0.265)
+  btm4r3  btm4, ratio 0.3 (seed 0)                                  0.53   0.51   1.00   0.02     0.00  0.10 / 0.02 (false claims 0.35; BT on 0.065)
+  btm4r2  btm4, ratio 0.2 (seed 0)                                  0.535  0.535  -      0.00     0.00  0.025 / 0.01 (false claims 0.43; never BTs)
   Pilots of other designs (an in-process script that swapped the converter, not committed; seed 0, validation):
   complement search (each attempt a listed a and t-a, deleted when t-a is not listed), unmasked, 600 / 1200 from scratch:
           0.61 / 0.66, kept unlisted 0.365 / 0.34 -- a 2-digit complement is deleted, a 1-digit unlisted one never:
@@ -80,6 +84,10 @@ RECIPES = {   # name -> (config, start recipe or None, steps, overrides)
     "optc4": ("configs/toy_target_optimal.yaml", "opt4", 400, CONT),
     "btc4": ("configs/toy_target_backtrack.yaml", "opt4", 400, PLAIN + CONT),
     "btm4": ("configs/toy_target_backtrack.yaml", "opt4", 400, CONT),
+    "optc4h": ("configs/toy_target_optimal.yaml", "opt4", 400, ["trainer.warmup_steps=0"]),     # continued at the config's 3e-3, cosine
+    "btm4h": ("configs/toy_target_backtrack.yaml", "opt4", 400, ["trainer.warmup_steps=0"]),
+    "btm4r3": ("configs/toy_target_backtrack.yaml", "opt4", 400, CONT + ["data.converter_params.ratio=0.3"]),
+    "btm4r2": ("configs/toy_target_backtrack.yaml", "opt4", 400, CONT + ["data.converter_params.ratio=0.2"]),
 }
 
 def run(name, root, seed=0):
