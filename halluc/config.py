@@ -152,22 +152,23 @@ def _too_big(v) -> bool:
     return False
 
 # %% ../nbs/02_config.ipynb #c0ee307b
-def _plain_problem(v, depth: int = 0) -> str | None:
-    "Why `v` is not plain YAML data that round-trips (None if it is)."
-    if depth > _MAX_DEPTH: return f"is nested more than {_MAX_DEPTH} levels deep"
+def _plain_problem(v, depth: int = 0) -> tuple[str, str] | None:
+    "`(where inside v, why)` `v` is not plain YAML data that round-trips (None if it is)."
+    if depth > _MAX_DEPTH: return "", f"is nested more than {_MAX_DEPTH} levels deep"
     if v is None or isinstance(v, (bool, int)): return None
-    if isinstance(v, float): return "is NaN" if math.isnan(v) else None
+    if isinstance(v, float): return ("", "is NaN") if math.isnan(v) else None
     if isinstance(v, str):
         try: v.encode("utf-8")
-        except UnicodeEncodeError: return "is not valid UTF-8 text"
+        except UnicodeEncodeError: return "", "is not valid UTF-8 text"
         return None
-    if isinstance(v, list): return next((p for x in v if (p := _plain_problem(x, depth + 1))), None)
+    if isinstance(v, list):
+        return next(((f"[{i}]{p[0]}", p[1]) for i, x in enumerate(v) if (p := _plain_problem(x, depth + 1))), None)
     if isinstance(v, dict):
         for k, x in v.items():
-            if not isinstance(k, (str, int)) or isinstance(k, bool): return f"has a key {k!r} that is not a string"
-            if (p := _plain_problem(k, depth + 1) or _plain_problem(x, depth + 1)): return p
+            if not isinstance(k, (str, int)) or isinstance(k, bool): return "", f"has a key {k!r} that is not a string"
+            if (p := _plain_problem(k, depth + 1) or _plain_problem(x, depth + 1)): return f".{k}{p[0]}", p[1]
         return None
-    return f"holds a {type(v).__name__}, which is not plain YAML data (use a list, mapping, string, number, bool or null)"
+    return "", f"holds a {type(v).__name__}, which is not plain YAML data (use a list, mapping, string, number, bool or null)"
 
 # %% ../nbs/02_config.ipynb #cb9aae9f
 def _f(default=dataclasses.MISSING, *, factory=None, choices=None, gt=None, ge=None, lt=None, le=None,
@@ -501,7 +502,7 @@ def _check_trainer(d, executor: str, key: str, ctx) -> dict:
             ren = _RENAMED.get(k) if _RENAMED.get(k) in fields_ else None
             what = f"unknown key for {cname}" + (f" ({_RENAMED_NOTES[k]})" if k in _RENAMED_NOTES and ren else "")
             ctx.add(kk, what, ren or _closest(k, fields_)); continue
-        if (p := _plain_problem(v)): ctx.add(kk, f"the value {p}"); continue
+        if (p := _plain_problem(v)): ctx.add(kk + p[0], f"the value {p[1]}"); continue
         tp = fields_[k]
         if not _type_ok(v, tp): ctx.add(kk, _type_msg(v, tp)); continue
         if (p := _trainer_range_problem(k, v)): ctx.add(kk, p); continue
@@ -517,7 +518,7 @@ _BAD = object()
 def _check_field(v, f, tp, key, ctx):
     "Validate one value against its field; returns the value to store or _BAD."
     n0 = len(ctx.problems)
-    if (p := _plain_problem(v)): ctx.add(key, f"the value {p}"); return _BAD
+    if (p := _plain_problem(v)): ctx.add(key + p[0], f"the value {p[1]}"); return _BAD
     v, md = _copy(v), f.metadata
     if md.get("check") is not None and typing.get_origin(tp) is dict:
         tp = dict  # the field's own check looks at the items and names the bad one

@@ -132,7 +132,7 @@ CASES = [  # (mapping, dotted key, expected suggestion or None, a fragment of th
     ({"run": {"resume": True, "overwrite": True}}, "run.overwrite", None, "pick one"),
     ({"run": {"name": "a/b"}}, "run.name", None, "folder name"),
     ({"model": "toy:llama-tiny"}, "model", None, "mapping"),
-    ({"data": {"converter_params": {"ratio": (1, 2)}}}, "data.converter_params", None, "plain YAML"),
+    ({"data": {"converter_params": {"ratio": (1, 2)}}}, "data.converter_params.ratio", None, "plain YAML"),
     ({"eval": {"device": float("nan")}}, "eval.device", None, "NaN"),
     ({3: 4}, "3", None, "keys must be strings"),
 ]
