@@ -268,6 +268,9 @@ class ConvertParams:
     miss: bool = False       # search converter: a failed attempt ends by saying how it misses the target (`= 7 < 8`)
     correct_start: bool = False  # masked errors: where one starts, train the token the optimal path has there
     extra: dict = field(default_factory=dict)
+    def __post_init__(self):
+        if self.miss and not self.honest:
+            raise ValueError("data.converter_params.miss: only an honest attempt (honest=true) can say how it misses the target")
 
 # %% ../nbs/06_data.ipynb #579b01ca
 CONVERTERS: dict[str, Callable] = {}
@@ -421,8 +424,6 @@ def convert_search(enc: Encoded, tokenizer, rng: random.Random, params: ConvertP
         tries = [(a, b) for i, a in enumerate(nums) for b in nums[i + 1:]]
         tries = tries[:next(k for k, (a, b) in enumerate(tries) if a + b == target)]
     else: tries = search_proposals(nums, target, rng, rng.randint(1, max(1, params.num_errors)), params.unlisted)
-    if params.miss and not params.honest:
-        raise ValueError("data.converter_params.miss: only an honest attempt (honest=true) can say how it misses the target")
     miss = lambda s: f" {'<' if s < target else '>'} {target}" if params.miss else ""
     for a, b in tries:
         pair, result = enc_(f"{a} + {b}"), enc_(f" = {a + b}{miss(a + b)}\n" if params.honest else f" = {target}\n")

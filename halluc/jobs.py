@@ -339,9 +339,9 @@ CONTROL_GOAL = dict(min_gain=0.10, min_precision=0.9, max_harm=0.02)
 
 def _kept_parts(m: dict) -> str:
     "What the kept wrong attempts were: a sum that misses (the check failed) or a claim the written line cannot show wrong (the proposal failed)."
-    parts = [(k, m.get(k)) for k in ("kept_miss", "kept_false_claim", "kept_unlisted")]
-    if any(v is None for _, v in parts): return ""
-    miss, claim, unlisted = (v for _, v in parts)
+    parts = [m.get(k) for k in ("kept_miss", "kept_false_claim", "kept_unlisted")]
+    if None in parts: return ""
+    miss, claim, unlisted = parts
     return (f" (checking: a true sum that misses the target {miss:.3f}; proposing: a false claim {claim:.3f},"
             f" a number that is not listed {unlisted:.3f})")
 
