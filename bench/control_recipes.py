@@ -46,10 +46,49 @@ kept = a wrong attempt kept: miss (sum != target) / unlisted (target reached wit
   5 numbers up to 9, opt 600 + 600 / + 1800 clean: 0.82 / 0.935; + 600 / + 1800 search masked: 0.56 / 0.865
           (+1800: precision 1.00, kept miss 0.00, kept unlisted 0.135, BT on 0.01 of problems: every error left is a pair
           that reaches the target with a number that is not listed)
+  --- 2026-12-02, third session (seed 0, validation): does a search the model need not invent, or a harder task, pay? ---
+  opt8    clean, 800 from scratch (cosine)                          0.815  0.815  -      -        -     0.00 / 0.04 (false claims 0.145)
+  opt16   clean, 1600 from scratch                                  0.925  0.925  -      -        -     0.00 / 0.025 (false claims 0.05)
+  sysm8   systematic search saying how each pair misses (every pair in order up to the solution, all of it trained),
+          800 from scratch                                          0.72   0.115  1.00   0.645    0.04  0.19 / 0.00
+          (repeats 0.09; deleted right 0.065: equal sums read as a miss, `8 + 5 = 13 < 13`; after 5 misses it writes
+          the last pair as the target without copying it: `8 + 6 = 15` for `9 6`)
+  sysm16  the same, 1600 from scratch                               0.705  0.115  0.98   0.59     0.00  0.075 / 0.175 (repeats 0.34:
+          it loses its place in the enumeration; 99.5 tokens a problem)
+  sysm8 seed 1                                              0.54   0.11   1.00   0.43     0.00  0.015 / 0.00 (false claims 0.445,
+          honest sums 0.49: this seed learnt to claim the target instead of adding)
+  sysm6   the same, 600 from scratch                                0.165  0.115  1.00   0.155    0.105 0.65 / 0.14 (repeats 0.355)
+  sysm4c  opt4 + 400 systematic                                     0.185  0.08   1.00   0.145    0.035 0.515 / 0.02 (false claims 0.28)
+  btm8    the shipped traces (miss, correct_start), 800 from scratch 0.635 0.58   1.00   0.055    0.00  0.065 / 0.29 (honest sums 0.99)
+  btm8off btm8 + proposals that reach the target with an unlisted number  0.385  0.38  1.00  0.02  0.015 0.11 / 0.065 (false claims 0.44)
+  Pilot of a harder task (an in-process script that swapped the records and the converter, not committed): pick THREE of
+  4 numbers up to 9 (always one solution), 800 steps from scratch: optimal paths 0.435 (one pass is hard here); systematic
+  search saying how each triple misses 0.285 (BT on 0.965; equal sums read as misses, `2 + 8 + 5 = 15 < 15`, and the last
+  triple written without copying it); sampled wrong triples (masked, ratio 0.5 / 0.8) 0.15 / 0.12 (repeated numbers,
+  wrong sums: the tiny model learns neither the 3-number sum nor the comparison at this budget).
+  Pilot of a search whose next attempt follows from the last one's comparison (same script): the numbers sorted, 4 up to
+  19, two pointers (too small: move the left number up; too big: the right one down; at most 3 misses), all trained,
+  800 from scratch: optimal paths 0.585, two-pointer traces 0.13 (two-digit sums and comparisons wrong, `10 + 8 = 11 > 3`,
+  and the line after the misses claims the target without adding: `1 + 11 = 13`).
+  toy:llama-small (4 layers, hidden 128; ~3x the step time), 800 from scratch, seeds 0 / 1 / 2:
+  opt8s   clean, the config's lr 3e-3                               0.62 / 0.55 / 0.705 (false claims 0.325 / 0.43 / -)
+  sysm8s  systematic search + miss, lr 3e-3                         0.66 / 0.84 / 0.995 (precision 0.996 / 0.993 / 1.00,
+          harm 0.00 / 0.005 / 0.00; 87-90 tokens a problem) -- ahead of opt8s on every seed, but:
+  opt8sl  clean, lr 1e-3                                            0.985 / 0.965 (seeds 0 / 1): the baseline at its own
+          tuned learning rate solves the task in one pass, so the lead above is the baseline's learning rate, not search
+  btm8s   the shipped traces, from scratch, lr 3e-3 (seed 0)        0.60   0.575  1.00   0.025    0.00  0.085 / 0.315
 Reading: the sum check is learned (precision 1.0, no harm) once the traces get ~1200 steps, but the model's own
 residual errors are then pairs that reach the target with a number that is not listed, which a sum check cannot see;
 training the membership check (offc*) or a systematic search (sys*) did not converge at these budgets. No recipe beat
-matched optimal-path SFT on validation.
+matched optimal-path SFT on validation. A search the model need not invent (systematic, every pair in order) removes the
+membership errors (kept unlisted 0.00 at 800 steps) but the 2-layer model loses its place in a 6-pair enumeration and
+reads equal sums as misses; it is unstable across seeds (0.72 / 0.54) and does not improve with twice the steps
+(0.72 -> 0.705) while optimal paths do (0.815 -> 0.925); on tasks where one pass is hard (three of four numbers: 0.435;
+sorted numbers up to 19: 0.585) the search fails harder (0.285; 0.13). In every design the line written after the
+failed attempts copies the target instead of adding, since in training that line always reaches it.
+With a 4-layer model the one-pass baseline (tuned) reaches 0.965-0.985 at 800 steps: no room is left for +10 points on
+this task, and the harder tasks defeat the tiny model's search. A positive control therefore needs a task that is hard in
+one pass for a model that can learn the search, i.e. more model and steps than 10 minutes of 2 CPU cores give.
 """
 import argparse, json, os, sys, time
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -63,6 +102,8 @@ from halluc.patcher import load_backtrack_model
 
 CONT = ["trainer.learning_rate=1e-3", "trainer.lr_scheduler_type=constant", "trainer.warmup_steps=0"]
 PLAIN = ["data.converter_params.miss=false", "data.converter_params.correct_start=false"]   # the traces before miss/correct_start
+SYS = ["data.converter_params.systematic=true", "data.converter_params.ratio=1.0", "data.mask_errors=false",
+       "data.converter_params.correct_start=false", "eval.max_new_tokens=192"]
 RECIPES = {   # name -> (config, start recipe or None, steps, overrides)
     "opt": ("configs/toy_target_optimal.yaml", None, 600, []),
     "optc": ("configs/toy_target_optimal.yaml", "opt", 300, CONT),
@@ -88,6 +129,19 @@ RECIPES = {   # name -> (config, start recipe or None, steps, overrides)
     "btm4h": ("configs/toy_target_backtrack.yaml", "opt4", 400, ["trainer.warmup_steps=0"]),
     "btm4r3": ("configs/toy_target_backtrack.yaml", "opt4", 400, CONT + ["data.converter_params.ratio=0.3"]),
     "btm4r2": ("configs/toy_target_backtrack.yaml", "opt4", 400, CONT + ["data.converter_params.ratio=0.2"]),
+    # systematic search that says how each pair misses (every listed pair in order up to the solution, all trained)
+    "sysm8": ("configs/toy_target_backtrack.yaml", None, 800, SYS),
+    "sysm4c": ("configs/toy_target_backtrack.yaml", "opt4", 400, CONT + SYS),
+    "sysm16": ("configs/toy_target_backtrack.yaml", None, 1600, SYS),
+    "sysm6": ("configs/toy_target_backtrack.yaml", None, 600, SYS),
+    "sysm8s": ("configs/toy_target_backtrack.yaml", None, 800, SYS + ["model.name_or_path=toy:llama-small"]),   # 4 layers, hidden 128
+    "opt8s": ("configs/toy_target_optimal.yaml", None, 800, ["model.name_or_path=toy:llama-small"]),
+    "btm8s": ("configs/toy_target_backtrack.yaml", None, 800, ["model.name_or_path=toy:llama-small"]),
+    "opt8sl": ("configs/toy_target_optimal.yaml", None, 800, ["model.name_or_path=toy:llama-small", "trainer.learning_rate=1e-3"]),
+    "opt8": ("configs/toy_target_optimal.yaml", None, 800, []),
+    "opt16": ("configs/toy_target_optimal.yaml", None, 1600, []),
+    "btm8": ("configs/toy_target_backtrack.yaml", None, 800, []),              # the shipped traces, from scratch
+    "btm8off": ("configs/toy_target_backtrack.yaml", None, 800, ["data.converter_params.unlisted=true"]),
 }
 
 def run(name, root, seed=0):
@@ -99,7 +153,7 @@ def run(name, root, seed=0):
     q = train_job("sft", cfg, ovs)["quick_eval"]
     model, tok, info = load_backtrack_model(f"{root}/{name}/model")
     recs = load_records("toy_target", "validation", toy_n=200, toy_difficulty=1)
-    ids = generate_completions(model, tok, recs, 128)
+    ids = generate_completions(model, tok, recs, next((int(o.split("=")[1]) for o in more if o.startswith("eval.max_new_tokens=")), 128))
     raw = [tok.decode(i, skip_special_tokens=False) for i in ids]
     from halluc.core import apply_backtracking
     kept = [tok.decode(apply_backtracking(i, info["bt_id"]), skip_special_tokens=True) for i in ids]
