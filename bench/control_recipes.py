@@ -77,6 +77,25 @@ kept = a wrong attempt kept: miss (sum != target) / unlisted (target reached wit
   opt8sl  clean, lr 1e-3                                            0.985 / 0.965 (seeds 0 / 1): the baseline at its own
           tuned learning rate solves the task in one pass, so the lead above is the baseline's learning rate, not search
   btm8s   the shipped traces, from scratch, lr 3e-3 (seed 0)        0.60   0.575  1.00   0.025    0.00  0.085 / 0.315
+  --- 2026-12-02, fourth session: the model's OWN wrong lines as the failed attempts (bench/control_onpolicy.py), seeds 0 / 1 ---
+  (opt4 measured again today, the same command: 0.47 / 0.48; every row below is from today's runs, side by side)
+  optc4   opt4 + 400 clean                                          0.705 / 0.665
+  optc8   opt4 + 800 clean  (the matched control of onp8, loop4)    0.825 / 0.735 (false claims 0.145 / 0.08)
+  onp4    opt4 + 400 on the start model's wrong first lines (greedy first, then distinct wrong ones from 8 samples at T=1;
+          masked, deleted whole, then the solution; ratio 0.5, 1-2 lines)  0.59 / -   0.58   0.61   0.02  0.01  (BT on 0.135,
+          repeats 0.14, kept false claims 0.41)
+  onp8    the same, 800 steps                                       0.745 / 0.585  0.78 / 0.61  0.32 / 0.45  0.04 / 0.06
+          0.075 / 0.085 (BT on 0.615 / 0.555, deleted right 0.495 / 0.38, repeats 0.69 / 0.765, kept false claims 0.225 / 0.295)
+  (the start model's wrong lines: 49% / 52% of its greedy first lines, nearly all false claims such as `6 + 3 = 8`; 3.8 / 4.6
+  distinct wrong lines a problem; sampling 4000 x 9 takes ~47 s)
+  the package's own on-policy path (halluc.onpolicy: the first wrong step of k=4 samples, BTs, the reference continuation):
+  OnPolicySFTExecutor, one round of 800 (seed 0)                    0.575         0.58   0.42   0.23  0.235 (BT on 1.00)
+  loop4   SelfCorrectionLoop, 2 rounds x 400 (rounds 1 / 2)        seed 0: 0.425 / 0.505 (precision 0.61 / 0.54, BT on 0.75 / 0.97);
+                                                                    seed 1: 0.445 / 0.62  (precision 0.62 / 0.64, BT on 0.685 / 0.14)
+  The model's own errors here are false claims: checking `6 + 3 = 8` means adding again, the same work as writing the sum,
+  so the detector is the arithmetic task's (precision 0.32-0.64: BTs fire on right lines and wrong ones alike), and after a
+  deletion the model writes the deleted pair again (repeats up to 0.77). On-policy traces lose 8-32 points to matched
+  clean training on both seeds.
 Reading: the sum check is learned (precision 1.0, no harm) once the traces get ~1200 steps, but the model's own
 residual errors are then pairs that reach the target with a number that is not listed, which a sum check cannot see;
 training the membership check (offc*) or a systematic search (sys*) did not converge at these budgets. No recipe beat
@@ -86,6 +105,8 @@ reads equal sums as misses; it is unstable across seeds (0.72 / 0.54) and does n
 (0.72 -> 0.705) while optimal paths do (0.815 -> 0.925); on tasks where one pass is hard (three of four numbers: 0.435;
 sorted numbers up to 19: 0.585) the search fails harder (0.285; 0.13). In every design the line written after the
 failed attempts copies the target instead of adding, since in training that line always reaches it.
+Trained on its own errors (onp*, loop4), the check does not learn either: those errors are false claims, which only
+adding again can expose, and the tiny model does not learn that check at these budgets (precision 0.32-0.64).
 With a 4-layer model the one-pass baseline (tuned) reaches 0.965-0.985 at 800 steps: no room is left for +10 points on
 this task, and the harder tasks defeat the tiny model's search. A positive control therefore needs a task that is hard in
 one pass for a model that can learn the search, i.e. more model and steps than 10 minutes of 2 CPU cores give.
