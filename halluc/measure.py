@@ -131,7 +131,7 @@ def seed_summary(values: Sequence[float | None]) -> dict:
     v = [float(x) for x in values if x is not None]
     if not v: return dict(mean=None, std=None, ci95=None, n=0)
     m = sum(v) / len(v)
-    if len(v) == 1: return dict(mean=m, std=0.0, ci95=[m, m], n=1)
+    if len(v) == 1: return dict(mean=m, std=None, ci95=None, n=1)   # one seed: no interval
     sd = math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1))
     h = _T975.get(len(v) - 1, 1.96) * sd / math.sqrt(len(v))
     return dict(mean=m, std=sd, ci95=[m - h, m + h], n=len(v))
