@@ -135,7 +135,7 @@ def _experiment_parser(sub):
     x.add_argument("--workers", type=count(1), default=2, help="worker processes of one thread each (default 2)")
     x.add_argument("--quick", action="store_true", help="the ~2-minute version: one seed, fewer steps, 100 problems")
     x.add_argument("--ablations", action="store_true", help="also train backtrack_unmasked")
-    x.add_argument("--arithmetic-seeds", type=count(0), default=2, help="run the arithmetic arms on the first N seeds (default 2)")
+    x.add_argument("--arithmetic-seeds", type=count(0), default=1, help="run the arithmetic arms on the first N seeds (default 1)")
     x.add_argument("--eval-limit", type=count(1), default=200, help="toy test problems per arm")
     x.add_argument("--num-samples", type=count(1), default=4, help="samples per problem at T=1")
     x.add_argument("--overwrite", action="store_true", help="move an existing experiment folder aside first")

@@ -420,7 +420,7 @@ def _report(out: Path, summary: dict, smoke: bool) -> dict:
 def experiment(root: str = "runs", name: str = "toy-experiment", seeds=(0, 1, 2), steps: dict | None = None,
                eval_limit: int = 200, overwrite: bool = False, smoke: bool = False, extra: list[str] | None = None,
                num_samples: int = 4, temperature: float = 1.0, workers: int = 2, quick: bool = False, ablations: bool = False,
-               arithmetic_seeds: int | None = 2) -> dict:
+               arithmetic_seeds: int | None = 1) -> dict:
     "Run the toy experiment (control task and arithmetic) for each seed, evaluate every arm on the same problems, return the summary."
     seeds = [seeds] if isinstance(seeds, int) and not isinstance(seeds, bool) else list(seeds)
     if not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
