@@ -27,10 +27,14 @@ from halluc.jobs import SelfCorrectionLoop
 from halluc.patcher import load_backtrack_model
 from halluc.toy import parse_target_question, target_solved
 
+CONFIG = "configs/toy_target_backtrack.yaml"
+
 def wrong_lines(model_dir: str, seed: int, k: int) -> tuple[dict, dict]:
     "Record id -> the model's distinct wrong first lines (token ids, greedy first), and counts."
     model, tok, info = load_backtrack_model(model_dir)
-    recs = load_records("toy_target", "train", toy_n=4000, toy_difficulty=1, seed=seed)   # the run's training records
+    d = load_config(CONFIG).data   # the run's training records, as its config makes them
+    recs = load_records(d.source, "train", toy_n=d.toy_n_train, toy_difficulty=d.toy_difficulty, seed=seed)
+    newline = {i for i in range(len(tok)) if "\n" in tok.decode([i])}   # token ids that end a line, decoded once
     greedy = generate_completions(model, tok, recs, 24, batch_size=128)
     by = {}
     for r in (sample_solutions(model, tok, recs, k=k, batch_size=256, max_new_tokens=24, seed=seed, progress=False) if k else []):
@@ -41,7 +45,7 @@ def wrong_lines(model_dir: str, seed: int, k: int) -> tuple[dict, dict]:
         out = []
         for j, ids in enumerate([g] + by.get(rec["id"], [])):
             ids = apply_backtracking(list(ids), info["bt_id"])
-            end = next((i + 1 for i, t in enumerate(ids) if "\n" in tok.decode([t])), None)
+            end = next((i + 1 for i, t in enumerate(ids) if t in newline), None)
             if end is None or target_solved(tok.decode(ids[:end], skip_special_tokens=True), nums, target): continue
             if ids[:end] not in out: out.append(ids[:end]); greedy_wrong += j == 0
         W[rec["id"]] = out
@@ -62,7 +66,7 @@ def lines(root: str, seed: int, steps: int, ratio: float, num_errors: int, k: in
         return [s for line in pick for s in ((list(line), "error"), ([params.bt_id] * len(line), "bt"))] + [(list(enc.completion_ids), "ok")]
 
     name = f"onp{steps // 100}"
-    CR.RECIPES[name] = ("configs/toy_target_backtrack.yaml", "opt4", steps, CR.CONT + [
+    CR.RECIPES[name] = (CONFIG, "opt4", steps, CR.CONT + [
         f"data.converter_params.ratio={ratio}", f"data.converter_params.num_errors={num_errors}"])
     CR.run(name, root, seed)
 
